@@ -1,0 +1,92 @@
+"""Shared set-up for the trainers: tokenizer, policy, reference, data rows."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlx import models
+from rlx.models import hf_io
+
+
+@dataclasses.dataclass
+class Policy:
+  """A model as the trainers see it: static config + graphdef, and params."""
+  cfg: Any  # rlx.models.ModelConfig
+  graphdef: Any
+  params: Any
+  tokenizer: Any
+
+
+def _dtype(name: str):
+  return jnp.dtype(name)
+
+
+def task_or_none(cfg):
+  from rlx.data import TASKS
+  if cfg.data.task == "file":
+    return None
+  return TASKS.get(cfg.data.task)()
+
+
+def make_tokenizer(cfg, workdir: str):
+  """The policy's tokenizer: from the checkpoint, or the built-in char tokenizer."""
+  if cfg.model.init == "checkpoint":
+    return hf_io.load_tokenizer(cfg.model.tokenizer or cfg.model.checkpoint)
+  from rlx.data.tokenizer import make_char_tokenizer
+  return make_char_tokenizer(os.path.join(workdir, "tokenizer"))
+
+
+def hf_arch_dict(cfg, tokenizer) -> dict:
+  """HF config dict for a model built from `config.model.arch`."""
+  arch = dict(cfg.model.arch)
+  family = arch.get("model_type", "qwen2")
+  names = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+  if family not in names:
+    raise ValueError(f"config.model.arch.model_type={family!r}; valid: {', '.join(names)}.")
+  vocab = len(tokenizer)
+  d = dict(arch, vocab_size=vocab, architectures=[names[family]],
+           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+           bos_token_id=tokenizer.bos_token_id, torch_dtype=cfg.model.param_dtype)
+  d.setdefault("head_dim", arch["hidden_size"] // arch["num_attention_heads"])
+  return d
+
+
+def load_policy(cfg, workdir: str, *, checkpoint: str | None = None) -> Policy:
+  """Builds the initial policy (before any RL checkpoint is restored)."""
+  dtype, pdtype = _dtype(cfg.model.dtype), _dtype(cfg.model.param_dtype)
+  ckpt = checkpoint or (cfg.model.checkpoint if cfg.model.init == "checkpoint" else None)
+  if ckpt:
+    tok = hf_io.load_tokenizer(cfg.model.tokenizer or ckpt)
+    mcfg, graphdef, params = hf_io.load_hf(ckpt, dtype=dtype, param_dtype=pdtype)
+    return Policy(mcfg, graphdef, params, tok)
+  tok = make_tokenizer(cfg, workdir)
+  mcfg = models.ModelConfig.from_hf(hf_arch_dict(cfg, tok), dtype=dtype, param_dtype=pdtype)
+  graphdef, params = models.init_model(mcfg, jax.random.PRNGKey(cfg.seed))
+  return Policy(mcfg, graphdef, params, tok)
+
+
+def load_rows(cfg, split: str, n: int) -> list[dict]:
+  """Prompt rows (dicts with 'prompt' and reward columns) for a split."""
+  if cfg.data.task == "file":
+    from rlx.data import load_file_rows
+    rows = load_file_rows(cfg.data.path, fields=dict(cfg.data.fields))
+    if split == "eval":
+      return rows[-min(n, max(1, len(rows) // 10)):]
+    return rows[: len(rows) - min(cfg.data.num_eval, max(1, len(rows) // 10))] or rows
+  task = task_or_none(cfg)
+  seed = cfg.seed if split == "train" else cfg.seed + 1
+  return task.make_examples(seed=seed, n=n, split="train" if split == "train" else "test")
+
+
+def save_json(path: str, obj: Any) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1, default=str)
+  os.replace(tmp, path)

@@ -1,0 +1,144 @@
+"""Config helpers: `:ARG` strings, validation against configs/base.py."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+import ml_collections as mlc
+
+# Keys whose values are free-form dicts, checked by the function they configure.
+FREE_FORM = ("advantage.options", "filter.options", "loss.terms", "rewards",
+             "data.fields", "model.arch", "mesh.axes")
+
+
+def parse_arg(arg: str | None, defaults: dict[str, Any]) -> dict[str, Any]:
+  """Parses `k=v,k2=v2` against `defaults` (types follow the defaults).
+
+  An unknown key raises a ValueError listing the valid keys.
+  """
+  out = dict(defaults)
+  if not arg:
+    return out
+  for part in arg.split(","):
+    if not part.strip():
+      continue
+    if "=" not in part:
+      raise ValueError(f"Config argument {part!r} is not key=value. Valid keys: "
+                       f"{', '.join(sorted(defaults))}.")
+    k, v = (s.strip() for s in part.split("=", 1))
+    if k not in defaults:
+      raise ValueError(f"Unknown config argument {k!r}. Valid keys: "
+                       f"{', '.join(sorted(defaults))}.")
+    d = defaults[k]
+    if isinstance(d, bool):
+      out[k] = v.lower() in ("1", "true", "yes")
+    elif isinstance(d, int):
+      out[k] = int(v)
+    elif isinstance(d, float):
+      out[k] = float(v)
+    else:
+      out[k] = v
+  return out
+
+
+CONFIGS_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "configs"))
+
+
+def load_config(path: str, arg: str | None = None) -> mlc.ConfigDict:
+  """`get_config(arg)` of a config file (relative paths are under configs/)."""
+  if not os.path.isabs(path) and not os.path.exists(path):
+    path = os.path.join(CONFIGS_DIR, path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"Config file {path!r} not found.")
+  spec = importlib.util.spec_from_file_location(
+      "rlx_config_" + os.path.basename(path)[:-3], path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg)
+
+
+def base_config() -> mlc.ConfigDict:
+  """A fresh copy of configs/base.py's defaults (other configs start here)."""
+  path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "base.py")
+  spec = importlib.util.spec_from_file_location("rlx_configs_base", path)
+  if spec is None or not os.path.exists(path):
+    raise FileNotFoundError(f"configs/base.py not found at {path}: install rlx "
+                            "from a checkout (pip install -e .).")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  items = d.items() if hasattr(d, "items") else []
+  for k, v in items:
+    key = f"{prefix}{k}"
+    if key in FREE_FORM:
+      out[key] = v
+    elif isinstance(v, (mlc.ConfigDict, dict)):
+      out.update(_flatten(v, key + "."))
+    else:
+      out[key] = v
+  return out
+
+
+def validate(cfg: mlc.ConfigDict) -> None:
+  """Fails before any compute on unknown keys and inconsistent settings."""
+  base = _flatten(base_config())
+  got = _flatten(cfg)
+  unknown = sorted(set(got) - set(base))
+  if unknown:
+    k = unknown[0]
+    section = k.rsplit(".", 1)[0] if "." in k else ""
+    valid = sorted(b for b in base if (b.rsplit(".", 1)[0] if "." in b else "") == section)
+    raise ValueError(f"Unknown config key {k!r}. Valid keys in "
+                     f"{section or 'the top level'}: {', '.join(valid)}.")
+  if cfg.trainer not in ("rl", "sft", "reward_model"):
+    raise ValueError(f"config.trainer={cfg.trainer!r}; valid: rl, sft, reward_model.")
+  if cfg.sampling.group_size < 1:
+    raise ValueError(f"config.sampling.group_size must be >= 1, got {cfg.sampling.group_size}.")
+  n = cfg.train.batch_prompts * cfg.sampling.group_size
+  if cfg.train.minibatches < 1 or n % cfg.train.minibatches:
+    raise ValueError(
+        f"config.train.minibatches={cfg.train.minibatches} must divide the "
+        f"{n} completions per step (batch_prompts {cfg.train.batch_prompts} x "
+        f"group_size {cfg.sampling.group_size}).")
+  if (n // cfg.train.minibatches) % cfg.sampling.group_size and cfg.train.minibatches > 1:
+    pass  # minibatches may split groups: advantages are computed before.
+  if cfg.model.init not in ("checkpoint", "random", "sft"):
+    raise ValueError(f"config.model.init={cfg.model.init!r}; valid: checkpoint, random, sft.")
+  if cfg.model.init == "checkpoint" and not cfg.model.checkpoint:
+    raise ValueError("config.model.init='checkpoint' needs config.model.checkpoint "
+                     "(a local Hugging Face directory).")
+  if cfg.ref.source not in ("initial", "checkpoint", "none"):
+    raise ValueError(f"config.ref.source={cfg.ref.source!r}; valid: initial, checkpoint, none.")
+  if cfg.ref.source == "checkpoint" and not cfg.ref.checkpoint:
+    raise ValueError("config.ref.source='checkpoint' needs config.ref.checkpoint.")
+  if cfg.reward_errors not in ("missing", "fatal"):
+    raise ValueError(f"config.reward_errors={cfg.reward_errors!r}; valid: missing, fatal.")
+  if cfg.trainer == "rl" and not cfg.rewards:
+    raise ValueError("config.rewards is empty: name at least one reward function.")
+  for name, r in cfg.rewards.items():
+    extra = set(r.keys()) - {"fn", "weight", "kwargs"}
+    if extra or "fn" not in r:
+      raise ValueError(f"config.rewards.{name} must have keys fn, weight[, kwargs]; "
+                       f"got {sorted(r.keys())}.")
+
+
+def task_rewards(task: str, weights: dict[str, float] | None = None) -> mlc.ConfigDict:
+  """config.rewards for a built-in task: short name -> {fn, weight, kwargs}.
+
+  `weights` overrides the task's default weights by short name; a weight of 0
+  drops the reward.
+  """
+  from rlx.data import TASKS
+  defaults = TASKS.get(task).default_rewards
+  out = mlc.ConfigDict()
+  for fn, w in defaults.items():
+    short = fn.split("/", 1)[-1]
+    w = (weights or {}).get(short, w)
+    if w:
+      out[short] = mlc.ConfigDict({"fn": fn, "weight": float(w), "kwargs": {}})
+  return out

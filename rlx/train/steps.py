@@ -1,0 +1,80 @@
+"""The jitted pure functions of an RL step (no I/O, no Python state).
+
+    logprobs_fn(params, tokens, mask)            -> logp [N, C], entropy [N, C]
+    update_fn(state, batch)                      -> state, metrics   (state donated)
+
+`batch` is a dict of arrays for one minibatch:
+    tokens [n, P+C], attn_mask [n, P+C], loss_mask [n, C], adv [n] or [n, C],
+    old_logp [n, C], sample_logp [n, C], ref_logp [n, C], correct [n], lengths [n]
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from rlx import losses
+from rlx.models.logprobs import token_logprobs
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  skipped: jax.Array  # updates skipped for a non-finite loss or gradient
+
+
+def completion_logprobs(graphdef, params, tokens, attn_mask, prompt_len: int,
+                        temperature: float = 1.0, chunk: int = 0):
+  """Log-probs and entropies of the completion tokens (positions >= prompt_len)."""
+  kw = {"temperature": temperature}
+  if chunk:
+    kw["chunk_size"] = chunk
+  logp, ent = token_logprobs(graphdef, params, tokens, attn_mask, **kw)
+  return logp[:, prompt_len:], ent[:, prompt_len:]
+
+
+def make_logprobs_fn(graphdef, prompt_len: int, temperature: float, chunk: int):
+  def fn(params, tokens, attn_mask):
+    return completion_logprobs(graphdef, params, tokens, attn_mask, prompt_len, temperature, chunk)
+  return jax.jit(fn)
+
+
+def make_update_fn(graphdef, tx: optax.GradientTransformation, terms: Mapping[str, Any], *,
+                   prompt_len: int, temperature: float, chunk: int, detached_old: bool,
+                   max_len: int, num_groups: int | None = None):
+  """One optimizer update on a minibatch. Skips (keeps the state) if the loss
+  or the gradient is not finite, and counts it in `state.skipped`."""
+  terms = {k: dict(v) for k, v in terms.items()}
+
+  def loss_fn(params, batch):
+    logp, ent = completion_logprobs(graphdef, params, batch["tokens"], batch["attn_mask"],
+                                    prompt_len, temperature, chunk)
+    inputs = losses.LossInputs(
+        logp_NT=logp, mask_NT=batch["loss_mask"], advantages=batch["adv"],
+        old_logp_NT=None if detached_old else batch["old_logp"],
+        sample_logp_NT=batch["sample_logp"], ref_logp_NT=batch.get("ref_logp"),
+        entropy_NT=ent, correct_N=batch.get("correct"), group_N=batch.get("group"),
+        lengths_N=batch.get("lengths"), max_len=max_len, num_groups=num_groups)
+    loss, metrics = losses.total_loss(terms, inputs)
+    return loss, metrics
+
+  def update(state: TrainState, batch):
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+    gnorm = optax.global_norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+    grads = jax.tree.map(lambda g: jnp.where(ok, g, jnp.zeros_like(g)), grads)
+    updates, new_opt = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+    new_state = TrainState(step=state.step + 1, params=pick(new_params, state.params),
+                           opt_state=pick(new_opt, state.opt_state),
+                           skipped=state.skipped + (~ok).astype(jnp.int32))
+    metrics = dict(metrics, loss=loss, grad_norm=gnorm, skipped=(~ok).astype(jnp.float32))
+    return new_state, metrics
+
+  return jax.jit(update, donate_argnums=(0,))
