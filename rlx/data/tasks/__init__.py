@@ -1,0 +1,14 @@
+"""Built-in synthetic multi-reward tasks (toolcall, arith, code).
+
+Importing this package registers the tasks in `TASKS` and their reward
+functions in `rlx.rewards.registry.REWARD_FNS` ("toolcall/format", ...).
+"""
+from rlx.data.tasks import arith, code, toolcall  # noqa: F401  (registration)
+from rlx.data.tasks.base import SPLITS, TASKS, Task, split_of
+
+__all__ = ["TASKS", "SPLITS", "Task", "split_of", "get_task"]
+
+
+def get_task(name: str, **options) -> Task:
+  """An instance of the registered task `name` (KeyError lists valid names)."""
+  return TASKS.get(name)(**options)
