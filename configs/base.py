@@ -124,5 +124,12 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
 
   c.mesh = mlc.ConfigDict()
   c.mesh.axes = mlc.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  c.mesh.dcn_axes = mlc.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1})  # all 1: one slice
   c.mesh.rules = ()  # extra logical-axis rules, e.g. (("mlp", "tensor"),)
+
+  # Multi-host start-up (rlx.parallel.distributed). Empty / -1: from the
+  # environment (RLX_COORDINATOR, SLURM, TPU VM, ...).
+  c.distributed = mlc.ConfigDict(dict(
+      mode="auto", coordinator_address="", num_processes=-1, process_id=-1,
+      cpu_collectives="gloo", timeout_s=-1))
   return c

@@ -9,6 +9,9 @@ The policy is a tiny model warm-started by SFT on imperfect demonstrations.
 from rlx.train.config import base_config, parse_arg, task_rewards
 
 # Estimator options used by the GDPO paper's comparisons.
+# Static prompt / completion buckets per task (characters = tokens here).
+_LENGTHS = {"toolcall": (176, 80), "arith": (40, 48), "code": (136, 64)}
+
 _OPTIONS = {
     "gdpo": {"eps": 1e-4},
     "grpo": {"eps": 1e-4},
@@ -26,7 +29,7 @@ def get_config(arg: str | None = None):
   c.advantage.estimator = a["estimator"]
   c.advantage.options = dict(_OPTIONS.get(a["estimator"], {}))
   c.sampling.group_size = a["group_size"]
-  c.sampling.max_new_tokens = 64
+  c.data.max_prompt_len, c.sampling.max_new_tokens = _LENGTHS.get(a["task"], (128, 64))
   c.sampling.temperature = 1.0
   c.train.batch_prompts = a["batch_prompts"]
   c.train.steps = a["steps"]

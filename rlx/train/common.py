@@ -75,8 +75,8 @@ def load_policy(cfg, workdir: str, *, checkpoint: str | None = None) -> Policy:
 def load_rows(cfg, split: str, n: int) -> list[dict]:
   """Prompt rows (dicts with 'prompt' and reward columns) for a split."""
   if cfg.data.task == "file":
-    from rlx.data import load_file_rows
-    rows = load_file_rows(cfg.data.path, fields=dict(cfg.data.fields))
+    from rlx.data import load_rows as load_file_rows
+    rows = load_file_rows(cfg.data.path, fields=dict(cfg.data.fields) or None)
     if split == "eval":
       return rows[-min(n, max(1, len(rows) // 10)):]
     return rows[: len(rows) - min(cfg.data.num_eval, max(1, len(rows) // 10))] or rows

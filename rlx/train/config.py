@@ -9,7 +9,7 @@ import ml_collections as mlc
 
 # Keys whose values are free-form dicts, checked by the function they configure.
 FREE_FORM = ("advantage.options", "filter.options", "loss.terms", "rewards",
-             "data.fields", "model.arch", "mesh.axes")
+             "data.fields", "model.arch", "mesh.axes", "mesh.dcn_axes")
 
 
 def parse_arg(arg: str | None, defaults: dict[str, Any]) -> dict[str, Any]:

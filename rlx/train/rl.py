@@ -55,16 +55,16 @@ def _repeat_columns(rows: dict[str, list], g: int) -> dict[str, list]:
   return {k: [v for v in vals for _ in range(g)] for k, vals in rows.items()}
 
 
-def _settings(cfg, *, eval_mode: bool, tokenizer) -> sampling.SamplerSettings:
+def _settings(cfg, *, eval_mode: bool, tokenizer) -> sampling.SamplingSettings:
   s = cfg.sampling
   stop = tuple(int(t) for t in np.atleast_1d(tokenizer.eos_token_id)) if tokenizer.eos_token_id is not None else ()
   if eval_mode:
     greedy = cfg.eval.temperature <= 0
-    return sampling.SamplerSettings(
+    return sampling.SamplingSettings(
         temperature=1.0 if greedy else cfg.eval.temperature, greedy=greedy, top_k=0, top_p=1.0,
         min_p=0.0, max_new_tokens=cfg.eval.max_new_tokens if cfg.eval.max_new_tokens > 0 else s.max_new_tokens,
         group_size=1, stop_token_ids=stop, pad_token_id=int(tokenizer.pad_token_id))
-  return sampling.SamplerSettings(
+  return sampling.SamplingSettings(
       temperature=s.temperature, greedy=False, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
       max_new_tokens=s.max_new_tokens, group_size=s.group_size, stop_token_ids=stop,
       pad_token_id=int(tokenizer.pad_token_id))
@@ -86,14 +86,14 @@ def evaluate(cfg, policy_graphdef, params, tokenizer, scorer: Scorer, rows: list
     n_real = len(chunk)
     chunk = chunk + [chunk[-1]] * (bp - n_real)
     prompts = [r["prompt"] for r in chunk]
-    tok, mask, _ = tokenize_prompts(tokenizer, prompts, cfg.data.max_prompt_len)
+    tok, mask = tokenize_prompts(tokenizer, prompts, cfg.data.max_prompt_len)
     ro = sample_fn(params, jnp.asarray(tok), jnp.asarray(mask), jax.random.fold_in(key, start))
     texts = sampling.decode_completions(tokenizer, ro)[:n_real]
     cols = {k: [r.get(k) for r in chunk[:n_real]] for k in chunk[0] if k not in ("prompt",)}
     r, _ = scorer(prompts[:n_real], texts, cols)
     for j, n in enumerate(scorer.names):
       out[n].append(r[:, j])
-    lengths.append(np.asarray(ro.lengths)[:n_real])
+    lengths.append(np.asarray(ro.completion_lengths)[:n_real])
   m = {f"eval/{n}": float(np.nanmean(np.concatenate(v))) for n, v in out.items()}
   m["eval/length"] = float(np.concatenate(lengths).mean())
   return m
@@ -146,8 +146,8 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
 
   sample_settings = _settings(cfg, eval_mode=False, tokenizer=tok)
   eval_settings = _settings(cfg, eval_mode=True, tokenizer=tok)
-  sample_fn = jax.jit(lambda p, t, m, k: sampling.sample(graphdef, p, t, m, k, sample_settings))
-  eval_fn = jax.jit(lambda p, t, m, k: sampling.sample(graphdef, p, t, m, k, eval_settings))
+  sample_fn = lambda p, t, m, k: sampling.sample(graphdef, p, t, m, k, sample_settings)
+  eval_fn = lambda p, t, m, k: sampling.sample(graphdef, p, t, m, k, eval_settings)
   chunk = cfg.model.logprob_chunk
   logprobs_fn = steps.make_logprobs_fn(graphdef, P, cfg.sampling.temperature, chunk)
   old_mode = cfg.loss.old_logprobs
@@ -162,9 +162,11 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
   adv_fn = jax.jit(lambda inputs: adv_lib.compute_advantages(est_name, inputs, B, **est_opts))
   filt = None
   if cfg.filter.name != "none":
-    filt_fn = adv_lib.FILTERS.get(cfg.filter.name)
-    filt_opts = dict(cfg.filter.options)
-    filt = jax.jit(lambda r, g, v: filt_fn(r, g, v, num_groups=B, **filt_opts))
+    filt_name, filt_opts = cfg.filter.name, dict(cfg.filter.options)
+    adv_lib.FILTERS.get(filt_name)
+    filt = jax.jit(lambda r, g, v: adv_lib.apply_filter(filt_name, adv_lib.AdvantageInputs(
+        rewards_NK=r, group_ids_N=g, valid_N=v, weights_K=weights, reward_names=scorer.names),
+        B, **filt_opts))
   correct_j = scorer.names.index(cfg.loss.correct_reward) if cfg.loss.correct_reward else -1
   if cfg.loss.correct_reward and correct_j < 0:
     raise ValueError(f"config.loss.correct_reward={cfg.loss.correct_reward!r} is not a reward; "
@@ -191,7 +193,7 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
       while True:
         rows = next(it)
         prompts = list(rows["prompt"])
-        ptok, pmask, _ = tokenize_prompts(tok, prompts, P)
+        ptok, pmask = tokenize_prompts(tok, prompts, P)
         ts = time.time()
         ro = sample_fn(state.params, jnp.asarray(ptok), jnp.asarray(pmask),
                        jax.random.fold_in(key, rounds))
@@ -230,8 +232,9 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
 
       # ---- advantages ---------------------------------------------------------
       inputs = adv_lib.AdvantageInputs(
-          rewards=jnp.asarray(rewards), group_ids=group_ids, valid=jnp.asarray(valid),
-          weights=weights, lengths=jnp.asarray(batch_ro["lengths"], jnp.float32))
+          rewards_NK=jnp.asarray(rewards), group_ids_N=group_ids, valid_N=jnp.asarray(valid),
+          weights_K=weights, lengths_N=jnp.asarray(batch_ro["completion_lengths"], jnp.float32),
+          reward_names=scorer.names)
       adv, adiag = adv_fn(inputs)
 
       tokens = jnp.asarray(np.concatenate([batch_ro["prompt_tokens"], batch_ro["completion_tokens"]], 1))
@@ -252,7 +255,7 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
       batch = dict(tokens=tokens, attn_mask=attn, loss_mask=loss_mask.astype(jnp.float32),
                    adv=adv, old_logp=old_logp, sample_logp=jnp.asarray(batch_ro["sample_logprobs"]),
                    ref_logp=ref_logp, correct=correct, group=group_ids,
-                   lengths=jnp.asarray(batch_ro["lengths"], jnp.int32))
+                   lengths=jnp.asarray(batch_ro["completion_lengths"], jnp.int32))
 
       # ---- updates ------------------------------------------------------------
       tu = time.time()
@@ -278,13 +281,13 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
         mu, sd = _stats(rewards[valid, j] if valid.any() else rewards[:, j])
         m[f"reward/{name}/mean"], m[f"reward/{name}/std"] = mu, sd
       m.update(score_metrics)
-      lengths = batch_ro["lengths"]
+      lengths = batch_ro["completion_lengths"]
       m["completion/length_mean"] = float(lengths.mean())
       m["completion/length_max"] = float(lengths.max())
       m["completion/truncated"] = float(batch_ro["truncated"].mean())
       m["filter/kept_groups"] = float(valid_groups)
       m["filter/rounds"] = float(rounds)
-      m["adv"] = jax.device_get(adiag)
+      m.update(jax.device_get(adiag))
       m["loss"] = um
       m["time/sample_s"], m["time/score_s"], m["time/update_s"] = t_sample, t_score, t_update
       dt = time.time() - t0
@@ -321,4 +324,4 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
 
 
 _RO_FIELDS = ("prompt_tokens", "prompt_mask", "completion_tokens", "completion_mask",
-              "sample_logprobs", "policy_logprobs", "lengths", "truncated")
+              "sample_logprobs", "policy_logprobs", "completion_lengths", "truncated")

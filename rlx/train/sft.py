@@ -81,9 +81,10 @@ def train_sft(cfg, workdir: str) -> str:
   t0 = time.time()
   for step in range(start, steps):
     idx = order[step * bs:(step + 1) * bs]
-    b = make_sft_batch(tok, [prompts[i] for i in idx], [comps[i] for i in idx], max_len)
-    params, opt_state, loss = update(params, opt_state, jnp.asarray(b["tokens"]),
-                                     jnp.asarray(b["mask"]), jnp.asarray(b["loss_mask"], jnp.float32))
+    b = make_sft_batch(tok, [prompts[i] for i in idx], [comps[i] for i in idx], max_len,
+                       truncate=True)
+    params, opt_state, loss = update(params, opt_state, jnp.asarray(b["tokens_BT"]),
+                                     jnp.asarray(b["mask_BT"]), jnp.asarray(b["loss_mask_BT"], jnp.float32))
     if (step + 1) % 25 == 0 or step + 1 == steps:
       lv = float(loss)
       writer.write(step + 1, {"sft/loss": lv, "time/elapsed_s": time.time() - t0})
