@@ -24,9 +24,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def run(cfg, workdir: str) -> dict:
   from rlx.parallel import distributed
-  from rlx.train.config import validate
+  from rlx.train.config import check_names, validate
 
   validate(cfg)
+  check_names(cfg)
   distributed.maybe_initialize(cfg)
   os.makedirs(workdir, exist_ok=True)
   import jax
@@ -50,11 +51,15 @@ def run(cfg, workdir: str) -> dict:
 def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-  try:
-    out = run(_CONFIG.value, _WORKDIR.value)
-  except (KeyError, ValueError) as e:
-    print(f"rlx: error: {e.args[0] if e.args else e}", file=sys.stderr)
+  from rlx.train.config import check_names, validate
+  cfg = _CONFIG.value
+  try:  # configuration errors: a message, no traceback, before any compute
+    validate(cfg)
+    check_names(cfg)
+  except (KeyError, ValueError, TypeError) as e:
+    print(f"rlx: config error: {e.args[0] if e.args else e}", file=sys.stderr)
     sys.exit(2)
+  out = run(cfg, _WORKDIR.value)
   print(json.dumps(out, default=float))
 
 

@@ -142,3 +142,45 @@ def task_rewards(task: str, weights: dict[str, float] | None = None) -> mlc.Conf
     if w:
       out[short] = mlc.ConfigDict({"fn": fn, "weight": float(w), "kwargs": {}})
   return out
+
+
+def check_names(cfg: mlc.ConfigDict) -> None:
+  """Checks every registry name and option dict in the config (no compute).
+
+  Raises KeyError/ValueError/TypeError naming the key and the valid choices.
+  """
+  import rlx.data  # noqa: F401  (registers the built-in tasks' rewards)
+  import rlx.rewards  # noqa: F401
+  from rlx import advantages, losses
+  from rlx.advantages import registry as adv_registry
+  from rlx.data import TASKS
+  from rlx.rewards.registry import REWARD_FNS
+  from rlx.train.optim import OPTIMIZERS, SCHEDULES
+
+  def wrap(key, fn):
+    try:
+      return fn()
+    except (KeyError, ValueError, TypeError) as e:
+      msg = e.args[0] if e.args else str(e)
+      raise type(e)(f"config.{key}: {msg}") from None
+
+  if cfg.data.task != "file":
+    wrap("data.task", lambda: TASKS.get(cfg.data.task))
+  elif not cfg.data.path:
+    raise ValueError("config.data.task='file' needs config.data.path.")
+  for name, r in cfg.rewards.items():
+    if not callable(r["fn"]):
+      wrap(f"rewards.{name}.fn", lambda: REWARD_FNS.get(r["fn"]))
+  wrap("optim.name", lambda: OPTIMIZERS.get(cfg.optim.name))
+  wrap("optim.schedule", lambda: SCHEDULES.get(cfg.optim.schedule))
+  if cfg.trainer == "rl":
+    wrap("advantage.options", lambda: adv_registry.check_options(
+        advantages.ESTIMATORS, cfg.advantage.estimator, dict(cfg.advantage.options)))
+    if cfg.filter.name != "none":
+      wrap("filter.options", lambda: adv_registry.check_options(
+          advantages.FILTERS, cfg.filter.name, dict(cfg.filter.options)))
+    wrap("loss.terms", lambda: losses.check_terms(
+        {k: dict(v) for k, v in cfg.loss.terms.items()}))
+    if cfg.loss.correct_reward and cfg.loss.correct_reward not in cfg.rewards:
+      raise ValueError(f"config.loss.correct_reward={cfg.loss.correct_reward!r} is not a "
+                       f"reward; valid: {', '.join(cfg.rewards.keys())}.")
