@@ -56,6 +56,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.sampling.top_p = 1.0
   c.sampling.min_p = 0.0
   c.sampling.max_new_tokens = 64
+  c.sampling.ignore_eos = False  # True: every completion runs to max_new_tokens (benchmarks)
 
   c.advantage = mlc.ConfigDict()
   c.advantage.estimator = "grpo"

@@ -129,6 +129,9 @@ def encode_pairs(tokenizer: Any, rows: list[dict], length: int, pad_id: int, *,
                  template: str = "concat", append_eos: bool = True) -> dict[str, np.ndarray]:
   """Right-padded token rows of chosen and rejected texts, [N, length] each.
 
+  Trailing pad-id tokens are dropped, as in `RewardModel.score_ids`, so the
+  score is read where transformers reads it (the last non-pad token).
+
   Returns chosen_tokens, chosen_mask, rejected_tokens, rejected_mask, tie_N
   (float 0/1), margin_N (float).
   """
@@ -137,7 +140,7 @@ def encode_pairs(tokenizer: Any, rows: list[dict], length: int, pad_id: int, *,
   for side in ("chosen", "rejected"):
     seqs = rms.encode_texts(tokenizer, prompts, [r[side] for r in rows], template=template,
                             append_eos=append_eos)
-    seqs = rms.truncate_left(seqs, length, "preference")
+    seqs = rms.truncate_left(rms.strip_trailing_pad(seqs, pad_id), length, "preference")
     out[f"{side}_tokens"], out[f"{side}_mask"] = rms.pad_rows(seqs, length, pad_id)
   out["tie_N"] = np.asarray([r["tie"] for r in rows], np.float32)
   out["margin_N"] = np.asarray([r["margin"] for r in rows], np.float32)
@@ -280,9 +283,6 @@ def train_reward_model(cfg, workdir: str) -> dict[str, Any]:
     n_tie = sum(r["tie"] for r in train_rows)
     if n_tie:
       logging.warning("bradley_terry ignores %d tie row(s) (use rm.loss=soli_tie).", n_tie)
-  if rm["append_eos"] and tok.eos_token_id is not None and tok.eos_token_id == mcfg.pad_token_id:
-    logging.warning("pad and eos are the same token (%d): transformers will pool the score at "
-                    "the token before the final <eos>; set rm.append_eos=False.", tok.eos_token_id)
   length = min(int(rm["max_len"]), -(-_longest(tok, train_rows + eval_rows, rm) // 8) * 8)
   pad_id = int(mcfg.pad_token_id)
   enc = lambda rows: encode_pairs(tok, rows, length, pad_id, template=rm["template"],
@@ -301,7 +301,7 @@ def train_reward_model(cfg, workdir: str) -> dict[str, Any]:
     (loss, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(p, batch)
     u, o = tx.update(g, o, p)
     return optax.apply_updates(p, u), o, dict(metrics, loss=loss,
-                                              grad_norm=optax.global_norm(g))
+                                              grad_norm=optax.tree.norm(g))
 
   score_fn = jax.jit(lambda p, batch: pair_scores(graphdef, p, batch))
 

@@ -57,7 +57,8 @@ def _repeat_columns(rows: dict[str, list], g: int) -> dict[str, list]:
 
 def _settings(cfg, *, eval_mode: bool, tokenizer) -> sampling.SamplingSettings:
   s = cfg.sampling
-  stop = tuple(int(t) for t in np.atleast_1d(tokenizer.eos_token_id)) if tokenizer.eos_token_id is not None else ()
+  stop = (tuple(int(t) for t in np.atleast_1d(tokenizer.eos_token_id))
+          if tokenizer.eos_token_id is not None and not s.ignore_eos else ())
   if eval_mode:
     greedy = cfg.eval.temperature <= 0
     return sampling.SamplingSettings(

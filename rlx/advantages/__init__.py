@@ -1,0 +1,24 @@
+"""Group reward normalization: advantage estimators, sample filters, diagnostics.
+
+    from rlx.advantages import AdvantageInputs, compute_advantages
+    inputs = AdvantageInputs.create(rewards_NK, group_ids_N, reward_names=("acc", "fmt"))
+    A_N, metrics = compute_advantages("gdpo", inputs, num_groups=16, eps=1e-4)
+
+Estimators and filters are looked up by name in ESTIMATORS / FILTERS; register
+your own with `@ESTIMATORS.register("name")` (see registry.py for signatures).
+"""
+from rlx.advantages.registry import ESTIMATORS, FILTERS  # noqa: I001
+from rlx.advantages.inputs import AdvantageInputs
+from rlx.advantages import segments
+from rlx.advantages import estimators
+from rlx.advantages import filters
+from rlx.advantages import diagnostics
+from rlx.advantages.estimators import ReferenceStats, fit_reference_stats
+from rlx.advantages.api import (apply_filter, compute_advantages, estimator_options,
+                                filter_options)
+
+__all__ = [
+    "ESTIMATORS", "FILTERS", "AdvantageInputs", "ReferenceStats", "apply_filter",
+    "compute_advantages", "diagnostics", "estimator_options", "estimators",
+    "filter_options", "filters", "fit_reference_stats", "segments",
+]

@@ -1,0 +1,235 @@
+"""Section-7 diagnostics: reward statistics, correlations, advantage resolution.
+
+All functions are jittable and return flat dicts of scalars keyed for logging:
+
+  rewards/{name}/mean, rewards/{name}/std, rewards/{name}/constant_group_frac,
+  rewards/{name}/abs_adv_share, reward_corr/{a}/{b},
+  adv/mean, adv/std, adv/abs_mean, adv/min, adv/max, adv/zero_frac,
+  adv/distinct_per_group, adv/distinct_group_vectors,
+  adv/distinct_group_vector_frac, adv/resolution_groups,
+  length/mean, length/min, length/max.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from rlx.advantages import segments as seg
+from rlx.advantages.inputs import AdvantageInputs
+
+Array = jax.Array
+
+
+def reward_moments(inputs: AdvantageInputs) -> dict[str, Array]:
+  """Per-reward mean and std (ddof 1) over valid rows where the reward is present."""
+  r = inputs.rewards_NK
+  obs = inputs.valid_N[:, None] & ~jnp.isnan(r)
+  n_K = obs.sum(0).astype(r.dtype)
+  mean_K = jnp.where(obs, r, 0).sum(0) / jnp.maximum(n_K, 1)
+  var_K = jnp.where(obs, (r - mean_K) ** 2, 0).sum(0) / jnp.maximum(n_K - 1, 1)
+  out = {}
+  for k, name in enumerate(inputs.reward_names):
+    out[f"rewards/{name}/mean"] = mean_K[k]
+    out[f"rewards/{name}/std"] = jnp.sqrt(var_K[k])
+  if inputs.lengths_N is not None:
+    ln = inputs.lengths_N.astype(r.dtype)
+    v = inputs.valid_N
+    out["length/mean"] = jnp.where(v, ln, 0).sum() / jnp.maximum(v.sum(), 1)
+    out["length/min"] = jnp.where(v.any(), jnp.where(v, ln, jnp.inf).min(), 0)
+    out["length/max"] = jnp.where(v.any(), jnp.where(v, ln, -jnp.inf).max(), 0)
+  return out
+
+
+def reward_correlation_matrix(rewards_NK: Array, mask_NK: Array) -> Array:
+  """[K, K] Pearson correlation over the rows where both rewards are present
+  (1 on the diagonal, 0 where undefined)."""
+  obsf = mask_NK.astype(rewards_NK.dtype)
+  n_kl = obsf.T @ obsf
+  x = jnp.where(mask_NK, rewards_NK, 0)
+  sx = x.T @ obsf                 # [k, l]: sum of x_k over rows with k and l present
+  sxy = x.T @ x
+  sxx = (x * x).T @ obsf
+  nn = jnp.maximum(n_kl, 1)
+  cov = sxy - sx * sx.T / nn
+  vx = jnp.maximum(sxx - sx * sx / nn, 0)
+  den = jnp.sqrt(vx * vx.T)
+  corr = jnp.where((den > 0) & (n_kl > 1), cov / jnp.where(den > 0, den, 1), 0)
+  k = rewards_NK.shape[1]
+  return jnp.where(jnp.eye(k, dtype=bool), 1.0, jnp.clip(corr, -1, 1))
+
+
+def group_reward_stats(rewards_NK: Array, mask_NK: Array, group_ids_N: Array,
+                       num_groups: int, reward_names: tuple[str, ...]) -> dict[str, Array]:
+  """Share of groups where each reward is constant, and reward correlations."""
+  hi = seg.group_max(rewards_NK, mask_NK, group_ids_N, num_groups)
+  lo = seg.group_min(rewards_NK, mask_NK, group_ids_N, num_groups)
+  present = jax.ops.segment_sum(mask_NK.astype(jnp.int32), group_ids_N, num_groups) > 0
+  const_K = ((hi <= lo) & present).sum(0) / jnp.maximum(present.sum(0), 1)
+  corr = reward_correlation_matrix(rewards_NK, mask_NK)
+  out = {f"rewards/{name}/constant_group_frac": const_K[k] for k, name in enumerate(reward_names)}
+  for a in range(len(reward_names)):
+    for b in range(a + 1, len(reward_names)):
+      out[f"reward_corr/{reward_names[a]}/{reward_names[b]}"] = corr[a, b]
+  return out
+
+
+def sample_groups(group_ids_N: Array, valid_N: Array, num_groups: int,
+                  max_rows: int | None) -> tuple[Array, Array, int]:
+  """Rows of the complete groups among the first groups (by id) that fit in
+  max_rows rows: (row index [M], row mask [M], number of group ids scanned).
+  With max_rows None or >= N: all rows."""
+  n = group_ids_N.shape[0]
+  if max_rows is None or n <= max_rows:
+    return jnp.arange(n), valid_N, num_groups
+  cut = max(1, (num_groups * max_rows) // (2 * n))
+  take = valid_N & (group_ids_N < cut)
+  (idx,) = jnp.nonzero(take, size=max_rows, fill_value=n)
+  in_range = idx < n
+  idx = jnp.minimum(idx, n - 1)
+  gid = group_ids_N[idx]
+  full = jax.ops.segment_sum(take.astype(jnp.int32), group_ids_N, num_groups)
+  got = jax.ops.segment_sum(in_range.astype(jnp.int32), gid, num_groups)
+  return idx, in_range & (got == full)[gid], cut
+
+
+def reward_diagnostics(inputs: AdvantageInputs, num_groups: int,
+                       max_rows: int | None = None) -> dict[str, Array]:
+  """Per-reward mean/std (full batch), constant-group share and correlations
+  (over the groups of `sample_groups(max_rows)`; exact when N <= max_rows)."""
+  out = reward_moments(inputs)
+  idx, mask, cut = sample_groups(inputs.group_ids_N, inputs.valid_N, num_groups, max_rows)
+  r = inputs.rewards_NK[idx]
+  obs = mask[:, None] & ~jnp.isnan(r)
+  out.update(group_reward_stats(r, obs, inputs.group_ids_N[idx], cut, inputs.reward_names))
+  return out
+
+
+def reward_correlation(inputs: AdvantageInputs) -> Array:
+  """[K, K] pairwise-complete correlation between the rewards of the batch."""
+  obs = inputs.valid_N[:, None] & ~jnp.isnan(inputs.rewards_NK)
+  return reward_correlation_matrix(inputs.rewards_NK, obs)
+
+
+def _fmix32(h: Array) -> Array:
+  """MurmurHash3 finalizer on uint32."""
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
+
+
+def _resolution(adv_M: Array, gid_M: Array, mask_M: Array, tol: float) -> tuple[Array, Array, Array]:
+  """(distinct values per group averaged, distinct sorted group vectors, groups)."""
+  m = adv_M.shape[0]
+  big = jnp.iinfo(jnp.int32).max
+  q = jnp.round(jnp.where(mask_M, adv_M, 0) / tol)
+  key_g = jnp.where(mask_M, gid_M, big)
+  order = jnp.lexsort((q, key_g))
+  qs, gs, ms = q[order], key_g[order], mask_M[order]
+  first = jnp.ones((1,), bool)
+  new_group = jnp.concatenate([first, gs[1:] != gs[:-1]]) & ms
+  new_val = (jnp.concatenate([first, qs[1:] != qs[:-1]]) | new_group) & ms
+  n_groups = new_group.sum()
+  distinct_per_group = new_val.sum() / jnp.maximum(n_groups, 1)
+  # Hash of each group's sorted vector: sum over members of mix(value, rank).
+  run = jnp.cumsum(new_group) - 1
+  run = jnp.where(ms, run, m)  # padding -> dropped segment
+  pos = jnp.arange(m)
+  start = jax.ops.segment_min(pos, run, m + 1)[run]
+  rank = (pos - start).astype(jnp.uint32)
+  qi = jnp.clip(qs, -2.0**31 + 1, 2.0**31 - 1).astype(jnp.int32).astype(jnp.uint32)
+  h = _fmix32(qi * jnp.uint32(0x9E3779B1) + _fmix32(rank + jnp.uint32(0x7F4A7C15)))
+  hash_G = jax.ops.segment_sum(jnp.where(ms, h, 0), run, m + 1)[:m]
+  size_G = jax.ops.segment_sum(ms.astype(jnp.uint32), run, m + 1)[:m]
+  hash_G = _fmix32(hash_G ^ _fmix32(size_G))
+  is_group = jnp.arange(m) < n_groups
+  hs = jnp.sort(jnp.where(is_group, hash_G, jnp.uint32(0xFFFFFFFF)))
+  distinct_vecs = (jnp.concatenate([first, hs[1:] != hs[:-1]]) & is_group).sum()
+  return distinct_per_group, distinct_vecs, n_groups
+
+
+def advantage_resolution(adv_N: Array, group_ids_N: Array, valid_N: Array, num_groups: int,
+                         *, max_rows: int | None = None, tol: float = 1e-5
+                         ) -> dict[str, Array]:
+  """Advantage resolution (GDPO paper): distinct advantage values per group
+  (mean over groups) and the number of distinct sorted group advantage vectors.
+
+  Values closer than `tol` count as equal. When N > max_rows only the groups
+  of `sample_groups` are used (the sort stays small); adv/resolution_groups
+  says how many groups were counted.
+  """
+  idx, mask, _ = sample_groups(group_ids_N, valid_N, num_groups, max_rows)
+  d, v, g = _resolution(adv_N[idx], group_ids_N[idx], mask, tol)
+  return {"adv/distinct_per_group": d, "adv/distinct_group_vectors": v,
+          "adv/distinct_group_vector_frac": v / jnp.maximum(g, 1),
+          "adv/resolution_groups": g}
+
+
+def advantage_stats(adv: Array, valid_N: Array, tol: float = 1e-6) -> dict[str, Array]:
+  """Mean, std, |A| mean, min, max and share of (near-)zero advantages over
+  valid rows (all 0 when there is none)."""
+  mask = jnp.broadcast_to(valid_N.reshape(valid_N.shape + (1,) * (adv.ndim - 1)), adv.shape)
+  n = jnp.maximum(mask.sum(), 1)
+  a = jnp.where(mask, adv, 0)
+  mean = a.sum() / n
+  var = jnp.where(mask, (adv - mean) ** 2, 0).sum() / jnp.maximum(n - 1, 1)
+  some = mask.any()
+  return {"adv/mean": mean, "adv/std": jnp.sqrt(var), "adv/abs_mean": jnp.abs(a).sum() / n,
+          "adv/min": jnp.where(some, jnp.where(mask, adv, jnp.inf).min(), 0),
+          "adv/max": jnp.where(some, jnp.where(mask, adv, -jnp.inf).max(), 0),
+          "adv/zero_frac": (mask & (jnp.abs(adv) <= tol)).sum() / n}
+
+
+def abs_advantage_shares(contrib_NK: Array, valid_N: Array, reward_names: tuple[str, ...]
+                         ) -> dict[str, Array]:
+  """Each reward's share of sum_i sum_k |contribution of reward k to A_i|."""
+  abs_K = jnp.where(valid_N[:, None], jnp.abs(contrib_NK), 0).sum(0)
+  total = abs_K.sum()
+  share = jnp.where(total > 0, abs_K / jnp.where(total > 0, total, 1), 0)
+  return {f"rewards/{name}/abs_adv_share": share[k] for k, name in enumerate(reward_names)}
+
+
+def all_diagnostics(inputs: AdvantageInputs, num_groups: int, adv: Array,
+                    contrib_NK: Any = None, max_rows: int | None = 65536,
+                    sum_scale_N: Any = None, sum_mask_N: Any = None) -> dict[str, Array]:
+  """Everything of section 7 that the advantage step can know.
+
+  Advantage mean/std/min/max use the whole batch; reward statistics,
+  correlations, constant-group shares, resolution and |A| shares use the
+  complete groups of `sample_groups(max_rows)` (the whole batch when
+  N <= max_rows), which keeps the cost independent of N.
+
+  contrib_NK: each reward's additive part of A, if the estimator has one;
+  sum_scale_N / sum_mask_N: for A_i = c_i (s_i - mean_g s) estimators, c and
+  the row mask (the parts are then c_i w_k (r_ik - mean_g r_k)).
+  """
+  idx, mask, cut = sample_groups(inputs.group_ids_N, inputs.valid_N, num_groups, max_rows)
+  sub = inputs.replace(
+      rewards_NK=inputs.rewards_NK[idx], group_ids_N=inputs.group_ids_N[idx], valid_N=mask,
+      lengths_N=None if inputs.lengths_N is None else inputs.lengths_N[idx],
+      task_ids_N=None, agent_ids_N=None, phase_mask_NPT=None, turn_scores_NU=None,
+      turn_ids_NT=None, pairwise_NM=None, extras={})
+  out = reward_moments(sub)
+  obs = mask[:, None] & ~jnp.isnan(sub.rewards_NK)
+  out.update(group_reward_stats(sub.rewards_NK, obs, sub.group_ids_N, cut, inputs.reward_names))
+  if adv.ndim == 1:
+    out.update(advantage_stats(adv, inputs.valid_N))
+  else:  # token- or turn-level: statistics over the sampled rows
+    out.update(advantage_stats(adv[idx], mask))
+  if adv.ndim == 1:
+    d, v, g = _resolution(adv[idx], sub.group_ids_N, mask, 1e-5)
+    out.update({"adv/distinct_per_group": d, "adv/distinct_group_vectors": v,
+                "adv/distinct_group_vector_frac": v / jnp.maximum(g, 1),
+                "adv/resolution_groups": g})
+  if contrib_NK is None and sum_scale_N is not None:
+    rows = mask if sum_mask_N is None else mask & sum_mask_N[idx]
+    x = jnp.where(obs, sub.rewards_NK, 0)
+    centered = seg.group_moments(x, rows, sub.group_ids_N, cut, ddof=1).centered
+    contrib_sub = centered * inputs.weights_K * sum_scale_N[idx][:, None]
+    out.update(abs_advantage_shares(contrib_sub, rows, inputs.reward_names))
+  elif contrib_NK is not None:
+    out.update(abs_advantage_shares(contrib_NK[idx], mask, inputs.reward_names))
+  return out

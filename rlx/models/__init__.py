@@ -1,0 +1,39 @@
+"""Decoder LMs (Llama 3.x, Qwen2/2.5, Qwen3 dense), reward-model heads, HF I/O.
+
+Public API (all pure functions of (graphdef, params); no module crosses jit):
+
+  ModelConfig                       frozen, hashable; .from_hf(dict|PretrainedConfig),
+                                    .to_hf_dict(), .for_family(name, **kw),
+                                    .as_reward_model(num_labels)
+  init_model(cfg, key) -> (graphdef, params)
+  abstract_model(cfg) -> (graphdef, params of ShapeDtypeStruct)
+  forward(graphdef, params, tokens_BT, positions_BT, kv_mask_BS, cache=None,
+          cache_index=0, return_hidden=False, remat=None) -> (logits_BTV | hidden_BTE, cache)
+  lm_head(graphdef, params, hidden_BTE) | lm_head(params, hidden_BTE) -> logits_BTV
+  init_cache(cfg, batch, max_len, dtype=None) -> {'k', 'v'}: [L, B, S, Hkv, D]
+  positions_from_mask(mask_BT) -> positions_BT
+  logical_axes(params) -> same tree, values = PartitionSpec of logical axis names
+  config_of(graphdef, params) -> ModelConfig
+  token_logprobs(graphdef, params, tokens_BT, mask_BT, chunk_size=128,
+                 temperature=1.0) -> (logp_BT, entropy_BT)          [rlx.models.logprobs]
+  logprobs_from_logits(logits_BTV, targets_BT, temperature=1.0) -> (logp, entropy)
+  load_hf(path, dtype=None, param_dtype=None) -> (cfg, graphdef, params)   [rlx.models.hf_io]
+  save_hf(path, cfg, params, tokenizer=None, max_shard_bytes=...)
+  load_tokenizer(path, cfg=None)
+  load_reward_model(path, ...) -> (cfg, graphdef, params)             [rlx.models.reward_model]
+  score(graphdef, params, tokens_BT, mask_BT) -> scores_BL
+  init_reward_model(cfg, key, num_labels=1), reward_model_from_lm(...)
+
+Logical axis names: 'vocab', 'embed', 'heads', 'kv_heads', 'head_dim', 'mlp',
+'layers', 'labels'; KV cache: CACHE_AXES = ('layers', 'batch', 'cache_seq',
+'kv_heads', 'head_dim').
+"""
+from rlx.models.config import (CAUSAL_LM_ARCHITECTURES, FAMILIES, SEQ_CLS_ARCHITECTURES,
+                               SUPPORTED_ARCHITECTURES, ModelConfig)
+from rlx.models.decoder import (CACHE_AXES, Decoder, abstract_model, config_of, forward,
+                                init_cache, init_model, lm_head, logical_axes, num_params,
+                                param_specs, positions_from_mask)
+from rlx.models.hf_io import load_hf, load_tokenizer, save_hf
+from rlx.models.logprobs import logprobs_from_logits, sequence_logprob, token_logprobs
+from rlx.models.reward_model import (init_reward_model, load_reward_model, reward_model_from_lm,
+                                     save_reward_model, score)

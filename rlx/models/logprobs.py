@@ -1,0 +1,100 @@
+"""Per-token log-probabilities and entropies, chunked over the sequence.
+
+`token_logprobs` runs the decoder once to get hidden states, then maps the LM
+head + logsumexp over chunks of `chunk_size` positions (jax.lax.map), each chunk
+under jax.checkpoint, so neither the forward nor the backward pass holds the
+full [B, T, V] float32 logits.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rlx.models.decoder import positions_from_mask
+
+
+def logprobs_from_logits(logits_BTV: jax.Array, targets_BT: jax.Array,
+                         temperature: float | jax.Array = 1.0) -> tuple[jax.Array, jax.Array]:
+  """log softmax(logits / temperature)[target] and entropy, both float32 [B, T]."""
+  z = logits_BTV.astype(jnp.float32) / temperature
+  lse = jax.nn.logsumexp(z, axis=-1)
+  tgt = jnp.take_along_axis(z, targets_BT[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  probs = jnp.exp(z - lse[..., None])
+  entropy = lse - jnp.sum(probs * z, axis=-1)
+  return tgt - lse, entropy
+
+
+def token_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Array,
+                   mask_BT: jax.Array, chunk_size: int = 128,
+                   temperature: float | jax.Array = 1.0, positions_BT: jax.Array | None = None,
+                   remat: bool | None = None, checkpoint_chunks: bool = True,
+                   ) -> tuple[jax.Array, jax.Array]:
+  """(logp_BT, entropy_BT): log p(tokens[:, t] | tokens[:, :t]) under softmax(logits / T).
+
+  Entry t is 0 unless mask_BT[:, t] and mask_BT[:, t - 1] (so position 0 and the
+  first real token of a left-padded row get 0); entropy_BT[:, t] is the entropy
+  of the same predictive distribution (the one that produced token t).
+  positions default to positions_from_mask(mask_BT). chunk_size positions of
+  logits exist at a time; T is padded up to a multiple of it.
+  """
+  B, T = tokens_BT.shape
+  mask_BT = mask_BT.astype(bool)
+  if positions_BT is None:
+    positions_BT = positions_from_mask(mask_BT)
+  model = nnx.merge(graphdef, params)
+  if model.cfg.is_reward_model:
+    raise ValueError("token_logprobs needs a causal LM; got a reward model config "
+                     f"({model.cfg.architectures[0]}).")
+  hidden_BTE, _ = model(tokens_BT, positions_BT, mask_BT, return_hidden=True, remat=remat)
+  # hidden[t] predicts tokens[t + 1].
+  targets_BT = jnp.concatenate([tokens_BT[:, 1:], jnp.zeros_like(tokens_BT[:, :1])], axis=1)
+  C = max(1, min(chunk_size, T))
+  n = -(-T // C)
+  pad = n * C - T
+  if pad:
+    hidden_BTE = jnp.pad(hidden_BTE, ((0, 0), (0, pad), (0, 0)))
+    targets_BT = jnp.pad(targets_BT, ((0, 0), (0, pad)))
+  E = hidden_BTE.shape[-1]
+  h_NBCE = hidden_BTE.reshape(B, n, C, E).swapaxes(0, 1)
+  t_NBC = targets_BT.reshape(B, n, C).swapaxes(0, 1)
+  head = model.head
+
+  def chunk(args):
+    h, t = args
+    return logprobs_from_logits(head(h), t, temperature)
+
+  if checkpoint_chunks:
+    chunk = jax.checkpoint(chunk, prevent_cse=False)
+  logp_NBC, ent_NBC = jax.lax.map(chunk, (h_NBCE, t_NBC))
+  logp = logp_NBC.swapaxes(0, 1).reshape(B, n * C)[:, :T - 1]
+  ent = ent_NBC.swapaxes(0, 1).reshape(B, n * C)[:, :T - 1]
+  valid_BT = jnp.concatenate(
+      [jnp.zeros((B, 1), bool), mask_BT[:, 1:] & mask_BT[:, :-1]], axis=1)
+  zeros = jnp.zeros((B, 1), jnp.float32)
+  logp_BT = jnp.where(valid_BT, jnp.concatenate([zeros, logp], axis=1), 0.0)
+  ent_BT = jnp.where(valid_BT, jnp.concatenate([zeros, ent], axis=1), 0.0)
+  return logp_BT, ent_BT
+
+
+def sequence_logprob(logp_BT: jax.Array, mask_BT: jax.Array) -> jax.Array:
+  """Sum of token log-probs over mask_BT -> [B]."""
+  return jnp.sum(jnp.where(mask_BT, logp_BT, 0.0), axis=-1)
+
+
+def unchunked_token_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Array,
+                             mask_BT: jax.Array, temperature: Any = 1.0,
+                             positions_BT: jax.Array | None = None):
+  """Reference: same as token_logprobs but materializes the full logits."""
+  mask_BT = mask_BT.astype(bool)
+  if positions_BT is None:
+    positions_BT = positions_from_mask(mask_BT)
+  model = nnx.merge(graphdef, params)
+  logits, _ = model(tokens_BT, positions_BT, mask_BT)
+  logp, ent = logprobs_from_logits(logits[:, :-1], tokens_BT[:, 1:], temperature)
+  valid = mask_BT[:, 1:] & mask_BT[:, :-1]
+  z = jnp.zeros((tokens_BT.shape[0], 1), jnp.float32)
+  return (jnp.concatenate([z, jnp.where(valid, logp, 0.0)], 1),
+          jnp.concatenate([z, jnp.where(valid, ent, 0.0)], 1))

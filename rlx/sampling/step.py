@@ -1,0 +1,122 @@
+"""One sampling step: next-token logits -> (token, log-probs)."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from rlx.sampling import filters
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+  """Static sampler settings (hashable: a static jit argument).
+
+  Attributes:
+    max_new_tokens: completion length C (static; the completion bucket).
+    temperature: logits are divided by it before filtering (> 0).
+    top_k: keep the k most likely tokens (0: off).
+    top_p: nucleus mass (1.0: off).
+    min_p: drop tokens with prob < min_p * max prob (0.0: off).
+    greedy: take the argmax of the raw logits instead of sampling.
+    stop_token_ids: a completion ends after the first of these tokens.
+    group_size: G completions per prompt (prompt prefilled once).
+    pad_token_id: written after a completion's end.
+    cache_dtype: KV-cache dtype name ("float32", "bfloat16"); None: the
+      model's compute dtype.
+    unroll_layers: decode with a Python loop over layers and one cache
+      buffer per layer (reads weights and cache in place; faster, longer
+      compile); False: the model's scanned `rlx.models.forward`.
+    decode_segments: the decode loop is split into up to this many loops
+      (of >= 8 steps each) over growing static cache lengths, so early steps
+      skip the cache's unwritten tail: less KV cache read, one more compiled
+      loop body per segment. Results do not depend on it.
+  """
+  max_new_tokens: int = 64
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  min_p: float = 0.0
+  greedy: bool = False
+  stop_token_ids: tuple[int, ...] = ()
+  group_size: int = 1
+  pad_token_id: int = 0
+  cache_dtype: str | None = None
+  unroll_layers: bool = True
+  decode_segments: int = 4
+
+  def __post_init__(self):
+    stop = self.stop_token_ids
+    if isinstance(stop, int):
+      stop = (stop,)
+    object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in (stop or ())))
+    if self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}.")
+    if self.decode_segments < 1:
+      raise ValueError(f"decode_segments must be >= 1, got {self.decode_segments}.")
+    if self.group_size < 1:
+      raise ValueError(f"group_size must be >= 1, got {self.group_size}.")
+    if self.temperature <= 0:
+      raise ValueError(
+          f"temperature must be > 0 (set greedy=True for argmax decoding), got {self.temperature}.")
+    if self.top_k < 0:
+      raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}.")
+    if not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f"top_p must be in (0, 1] (1 disables it), got {self.top_p}.")
+    if not 0.0 <= self.min_p <= 1.0:
+      raise ValueError(f"min_p must be in [0, 1] (0 disables it), got {self.min_p}.")
+
+  @property
+  def is_filtered(self) -> bool:
+    """Whether the sampling distribution differs from softmax(raw logits)."""
+    return (self.temperature != 1.0 or self.top_k > 0 or self.top_p < 1.0 or self.min_p > 0.0)
+
+
+def sampling_logits(logits_NV: jax.Array, settings: SamplingSettings) -> jax.Array:
+  """float32 logits of the sampling distribution (temperature + filters)."""
+  return filters.filter_logits(
+      logits_NV, temperature=settings.temperature, top_k=settings.top_k,
+      top_p=settings.top_p, min_p=settings.min_p)
+
+
+def categorical(key: jax.Array, logits_NV: jax.Array) -> jax.Array:
+  """Draws one token per row from softmax(logits) by inverse-CDF sampling.
+
+  Exact in distribution like `jax.random.categorical`, but needs one uniform
+  per row instead of V Gumbels (10x faster on CPU for V = 4096). Tokens with
+  -inf logits are never drawn.
+  """
+  logits_NV = logits_NV.astype(jnp.float32)
+  v = logits_NV.shape[-1]
+  max_N1 = jnp.max(logits_NV, axis=-1, keepdims=True)
+  cdf_NV = jnp.cumsum(jnp.exp(logits_NV - max_N1), axis=-1)
+  u_N1 = jax.random.uniform(key, max_N1.shape, jnp.float32) * cdf_NV[:, -1:]
+  # First index whose cdf exceeds u (zero-probability tokens never qualify).
+  idx_N = jnp.sum(cdf_NV <= u_N1, axis=-1).astype(jnp.int32)
+  # u rounding up to the total (probability ~1e-7): take the argmax instead.
+  return jnp.where(idx_N < v, idx_N, jnp.argmax(logits_NV, axis=-1).astype(jnp.int32))
+
+
+def sample_step(logits_NV: jax.Array, key: jax.Array, settings: SamplingSettings
+               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Samples next tokens from raw policy logits [N, V].
+
+  Returns:
+    tokens_N (int32), sample_logp_N: log-prob of the token under the sampling
+    distribution (temperature + filters; with greedy=True, the distribution
+    greedy takes the argmax of), policy_logp_N: log-prob under softmax(raw
+    logits).
+  """
+  logits_NV = logits_NV.astype(jnp.float32)
+  filtered_NV = sampling_logits(logits_NV, settings)
+  if settings.greedy:
+    tokens_N = jnp.argmax(logits_NV, axis=-1).astype(jnp.int32)
+  else:
+    tokens_N = categorical(key, filtered_NV)
+  policy_logp_N = filters.token_logprob(logits_NV, tokens_N)
+  if settings.is_filtered:
+    sample_logp_N = filters.token_logprob(filtered_NV, tokens_N)
+  else:
+    sample_logp_N = policy_logp_N
+  return tokens_N, sample_logp_N, policy_logp_N
