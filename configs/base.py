@@ -123,6 +123,11 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.sft.corrupt_rate = 0.3
   c.sft.max_len = 0  # 0: max_prompt_len + max_new_tokens
 
+  # Reward-model training (trainer == "reward_model"; configs/reward_model.py).
+  c.rm = mlc.ConfigDict(dict(loss="bradley_terry", margin=0.0, center_coef=0.0,
+                             tie_margin=0.0, max_len=128, template="concat",
+                             append_eos=True, eval_path=""))
+
   c.mesh = mlc.ConfigDict()
   c.mesh.axes = mlc.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
   c.mesh.dcn_axes = mlc.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1})  # all 1: one slice

@@ -1,7 +1,8 @@
 """Synthetic preference pairs with a known ranking rule (reward-model tests, demos).
 
     rows = make_preference_rows("count", n=400, seed=0)
-    # {"prompt": "Write a and b:", "chosen": "abaabaaabbab", "rejected": "abbbabbabbab", "tie": False}
+    # {"prompt": "Write a and b:", "chosen": "abaabaaabbab",
+    #  "rejected": "abbbabbabbab", "tie": False}
 
 Rules (the true reward of a response, `true_reward(rule, prompt, response)`):
   count   responses are `length` random letters from "ab"; reward = number of 'a'.
@@ -30,7 +31,8 @@ def true_reward(rule: str, prompt: str, response: str) -> float:
   if rule == "arith":
     x, y = prompt.rstrip("=").split("+")
     return float(response.strip() == str(int(x) + int(y)))
-  raise ValueError(f"Unknown preference rule {rule!r}. Valid choices: {', '.join(PREFERENCE_RULES)}.")
+  raise ValueError(f"Unknown preference rule {rule!r}. Valid choices: "
+                   f"{', '.join(PREFERENCE_RULES)}.")
 
 
 def _count_text(rng: np.random.Generator, n_a: int, length: int) -> str:

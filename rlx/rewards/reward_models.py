@@ -73,7 +73,8 @@ def check_template(template: str) -> str:
   if "{prompt}" in template and "{completion}" in template:
     return template
   raise ValueError(f"Unknown reward-model template {template!r}. Valid choices: "
-                   f"{', '.join(TEMPLATES)}, or a format string with {{prompt}} and {{completion}}.")
+                   f"{', '.join(TEMPLATES)}, or a format string with {{prompt}} and "
+                   "{completion}.")
 
 
 def encode_texts(tokenizer: Any, prompts: Sequence[Any], completions: Sequence[Any], *,
@@ -151,7 +152,8 @@ def strip_trailing_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> list[list[
   return out
 
 
-def truncate_left(seqs: list[list[int]], max_len: int, what: str = "reward-model") -> list[list[int]]:
+def truncate_left(seqs: list[list[int]], max_len: int,
+                  what: str = "reward-model") -> list[list[int]]:
   """Keeps the last max_len tokens of each row (logs how many were cut)."""
   cut = sum(len(s) > max_len for s in seqs)
   if cut:
@@ -190,7 +192,10 @@ class RewardModel:
     cfg, graphdef, params = rm_lib.load_reward_model(path, dtype=dtype, param_dtype=dtype)
     tok = hf_io.load_tokenizer(tokenizer or path, cfg)
     meta_path = os.path.join(path, META_FILE)
-    meta = json.loads(open(meta_path).read()) if os.path.exists(meta_path) else {}
+    meta = {}
+    if os.path.exists(meta_path):
+      with open(meta_path) as f:
+        meta = json.load(f)
     return cls(cfg, graphdef, params, tok, meta)
 
   @property
@@ -302,7 +307,8 @@ def reward_model(prompts: Sequence[Any], completions: Sequence[Any], *, checkpoi
   checkpoint: *ForSequenceClassification HF dir. head: label index, or
   weights over the labels (multi-attribute reward w . y_hat). template,
   max_len, append_eos: None -> the checkpoint's rlx_reward_model.json, else
-  'concat', 512, True. Dataset columns are ignored.
+  'concat', 512, True. Dataset columns are ignored (a column named like one
+  of these options would override it).
   """
   del columns
   model = get_reward_model(checkpoint, dtype=dtype, tokenizer=tokenizer)

@@ -1,14 +1,15 @@
 """Layer-unrolled forward pass with per-layer KV caches, for decoding.
 
 `rlx.models.forward` scans over stacked [L, ...] weights and a stacked
-[L, B, S, K, D] cache. Inside a decode loop XLA then materialises each layer's
-weight slice and cache slice, and transposes the cache to [B, K, S, D] for the
-attention matmuls: copies of all weights and of the whole cache per generated
-token. Here the weights are unstacked once per `sample` call and each layer
-owns a cache buffer in the [B, K, S, D] layout the matmuls read, so a decode
-step reads weights and cache in place. The math is the model's (same
-parameters, `rms_norm`, `apply_rope`, masking and softmax); parity is tested
-against `rlx.models.forward` and `transformers`.
+[L, B, S, K, D] cache. Inside a decode loop XLA:CPU then copies each layer's
+weight slice out of the stack and transposes its cache slice to
+[B, K, S, D] for the attention matmuls, at every generated token (seen in the
+optimised HLO). Here the weights are unstacked once per `sample` call (with
+q/k/v and gate/up fused into one matmul each, cast to the compute dtype) and
+each layer owns a cache buffer in the [B, K, S, D] layout the matmuls read,
+so a decode step reads weights and cache in place. The math is the model's
+(same parameters, `rms_norm`, `apply_rope`, masking and softmax); parity is
+tested against `rlx.models.forward` and `transformers`.
 """
 from __future__ import annotations
 
@@ -16,16 +17,38 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rlx.models import decoder as decoder_lib
+
+_NEG_INF = -0.7 * float(np.finfo(np.float32).max)  # as rlx.models.decoder
 
 LayerCaches = tuple[dict[str, jax.Array], ...]  # per layer {'k', 'v'}: [B, K, S, D]
 
 
-def unstack_layers(params: Any, num_layers: int) -> tuple[dict[str, jax.Array], ...]:
-  """Stacked layer params -> one dict of arrays per layer."""
-  stacked = {k: v[...] for k, v in params["layers"].items()}
-  return tuple({k: v[i] for k, v in stacked.items()} for i in range(num_layers))
+def prepare_layers(cfg: Any, params: Any) -> tuple[dict[str, jax.Array], ...]:
+  """Stacked layer params -> per-layer dicts with fused, compute-dtype matmuls.
+
+  'qkv' [E, (H + 2K) * D] (and 'qkv_bias') and 'gate_up' [E, 2M] replace the
+  separate projections: fewer, larger matmuls per decode step.
+  """
+  dt = cfg.compute_dtype
+  st = {k: v[...] for k, v in params["layers"].items()}
+  layers = []
+  for i in range(cfg.num_layers):
+    e = cfg.hidden_size
+    lp = {k: st[k][i] for k in ("attn_norm", "mlp_norm", "q_norm", "k_norm") if k in st}
+    lp["qkv"] = jnp.concatenate([st[k][i].reshape(e, -1) for k in ("q", "k", "v")], 1).astype(dt)
+    if cfg.attention_bias:
+      lp["qkv_bias"] = jnp.concatenate(
+          [st[k][i].reshape(-1) for k in ("q_bias", "k_bias", "v_bias")]).astype(dt)
+    lp["o"] = st["o"][i].astype(dt)
+    if cfg.attention_out_bias:
+      lp["o_bias"] = st["o_bias"][i].astype(dt)
+    lp["gate_up"] = jnp.concatenate([st["gate"][i], st["up"][i]], 1).astype(dt)
+    lp["down"] = st["down"][i].astype(dt)
+    layers.append(lp)
+  return tuple(layers)
 
 
 def init_layer_caches(cfg: Any, batch: int, max_len: int, dtype: Any) -> LayerCaches:
@@ -66,14 +89,14 @@ def _layer(cfg: Any, x_BTE: jax.Array, lp: dict[str, jax.Array], sin: jax.Array,
   k_heads, d = cfg.num_kv_heads, cfg.head_dim
   g = cfg.num_heads // k_heads
   eps = cfg.rms_norm_eps
-  w = lambda name: lp[name].astype(dt)
-
   h = decoder_lib.rms_norm(x_BTE, lp["attn_norm"], eps)
-  q = jnp.einsum("bte,ehd->bthd", h, w("q"))
-  k = jnp.einsum("bte,ekd->btkd", h, w("k"))
-  v = jnp.einsum("bte,ekd->btkd", h, w("v"))
+  qkv = jnp.einsum("bte,ef->btf", h, lp["qkv"])
   if cfg.attention_bias:
-    q, k, v = q + w("q_bias"), k + w("k_bias"), v + w("v_bias")
+    qkv = qkv + lp["qkv_bias"]
+  hd, kd = cfg.num_heads * d, k_heads * d
+  q = qkv[..., :hd].reshape(b, t, cfg.num_heads, d)
+  k = qkv[..., hd:hd + kd].reshape(b, t, k_heads, d)
+  v = qkv[..., hd + kd:].reshape(b, t, k_heads, d)
   if cfg.qk_norm:
     q = decoder_lib.rms_norm(q, lp["q_norm"], eps)
     k = decoder_lib.rms_norm(k, lp["k_norm"], eps)
@@ -93,7 +116,7 @@ def _layer(cfg: Any, x_BTE: jax.Array, lp: dict[str, jax.Array], sin: jax.Array,
                         preferred_element_type=jnp.float32)
   scores = scores * (d ** -0.5)
   m = mask_BTS[:, None, None]
-  scores = jnp.where(m, scores, decoder_lib._NEG_INF)
+  scores = jnp.where(m, scores, _NEG_INF)
   e = jnp.where(m, jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True)), 0.0)
   probs = (e / jnp.maximum(jnp.sum(e, axis=-1, keepdims=True), 1e-30)).astype(dt)
   if reduce_form:
@@ -102,13 +125,12 @@ def _layer(cfg: Any, x_BTE: jax.Array, lp: dict[str, jax.Array], sin: jax.Array,
   else:
     attn = jnp.einsum("bkgts,bksd->btkgd", probs, cv.astype(dt))
   attn = attn.reshape(b, t, cfg.num_heads, d)
-  out = jnp.einsum("bthd,hde->bte", attn, w("o"))
+  out = jnp.einsum("bthd,hde->bte", attn, lp["o"])
   if cfg.attention_out_bias:
-    out = out + w("o_bias")
+    out = out + lp["o_bias"]
   x_BTE = x_BTE + out
 
   h = decoder_lib.rms_norm(x_BTE, lp["mlp_norm"], eps)
-  gate = jnp.einsum("bte,em->btm", h, w("gate"))
-  up = jnp.einsum("bte,em->btm", h, w("up"))
-  x_BTE = x_BTE + jnp.einsum("btm,me->bte", jax.nn.silu(gate) * up, w("down"))
+  gate, up = jnp.split(jnp.einsum("bte,ef->btf", h, lp["gate_up"]), 2, axis=-1)
+  x_BTE = x_BTE + jnp.einsum("btm,me->bte", jax.nn.silu(gate) * up, lp["down"])
   return x_BTE, {"k": ck, "v": cv}

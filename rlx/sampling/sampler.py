@@ -92,7 +92,7 @@ def _sample(graphdef: Any, params: Any, prompt_tokens_BP: jax.Array, prompt_mask
   kv_mask_BS = jnp.concatenate([prompt_mask_BP, jnp.ones((b, c), bool)], axis=1)
   cache_dtype = jnp.dtype(settings.cache_dtype) if settings.cache_dtype else cfg.compute_dtype
   if settings.unroll_layers:
-    layers = decode.unstack_layers(params, cfg.num_layers)
+    layers = decode.prepare_layers(cfg, params)
     cache = decode.init_layer_caches(cfg, b, lengths[0], cache_dtype)
 
     def run(tokens_BT, positions_BT, kv_mask, cache, cache_index):

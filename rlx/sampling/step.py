@@ -80,6 +80,20 @@ def sampling_logits(logits_NV: jax.Array, settings: SamplingSettings) -> jax.Arr
       top_p=settings.top_p, min_p=settings.min_p)
 
 
+def _inverse_cdf_sample(key: jax.Array, logits_NV: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(tokens_N, logsumexp_N) of float32 logits; see `categorical`."""
+  v = logits_NV.shape[-1]
+  max_N1 = jnp.max(logits_NV, axis=-1, keepdims=True)
+  cdf_NV = jnp.cumsum(jnp.exp(logits_NV - max_N1), axis=-1)
+  total_N1 = cdf_NV[:, -1:]
+  u_N1 = jax.random.uniform(key, max_N1.shape, jnp.float32) * total_N1
+  # First index whose cdf exceeds u (zero-probability tokens never qualify).
+  idx_N = jnp.sum(cdf_NV <= u_N1, axis=-1).astype(jnp.int32)
+  # u rounding up to the total (probability ~1e-7): take the argmax instead.
+  idx_N = jnp.where(idx_N < v, idx_N, jnp.argmax(logits_NV, axis=-1).astype(jnp.int32))
+  return idx_N, (max_N1 + jnp.log(total_N1))[:, 0]
+
+
 def categorical(key: jax.Array, logits_NV: jax.Array) -> jax.Array:
   """Draws one token per row from softmax(logits) by inverse-CDF sampling.
 
@@ -87,15 +101,7 @@ def categorical(key: jax.Array, logits_NV: jax.Array) -> jax.Array:
   per row instead of V Gumbels (10x faster on CPU for V = 4096). Tokens with
   -inf logits are never drawn.
   """
-  logits_NV = logits_NV.astype(jnp.float32)
-  v = logits_NV.shape[-1]
-  max_N1 = jnp.max(logits_NV, axis=-1, keepdims=True)
-  cdf_NV = jnp.cumsum(jnp.exp(logits_NV - max_N1), axis=-1)
-  u_N1 = jax.random.uniform(key, max_N1.shape, jnp.float32) * cdf_NV[:, -1:]
-  # First index whose cdf exceeds u (zero-probability tokens never qualify).
-  idx_N = jnp.sum(cdf_NV <= u_N1, axis=-1).astype(jnp.int32)
-  # u rounding up to the total (probability ~1e-7): take the argmax instead.
-  return jnp.where(idx_N < v, idx_N, jnp.argmax(logits_NV, axis=-1).astype(jnp.int32))
+  return _inverse_cdf_sample(key, logits_NV.astype(jnp.float32))[0]
 
 
 def sample_step(logits_NV: jax.Array, key: jax.Array, settings: SamplingSettings
@@ -110,13 +116,15 @@ def sample_step(logits_NV: jax.Array, key: jax.Array, settings: SamplingSettings
   """
   logits_NV = logits_NV.astype(jnp.float32)
   filtered_NV = sampling_logits(logits_NV, settings)
+  pick = lambda x_NV, t_N: jnp.take_along_axis(x_NV, t_N[:, None], axis=-1)[:, 0]
   if settings.greedy:
     tokens_N = jnp.argmax(logits_NV, axis=-1).astype(jnp.int32)
-  else:
-    tokens_N = categorical(key, filtered_NV)
-  policy_logp_N = filters.token_logprob(logits_NV, tokens_N)
-  if settings.is_filtered:
     sample_logp_N = filters.token_logprob(filtered_NV, tokens_N)
   else:
-    sample_logp_N = policy_logp_N
+    tokens_N, lse_N = _inverse_cdf_sample(key, filtered_NV)
+    sample_logp_N = pick(filtered_NV, tokens_N) - lse_N
+  if settings.is_filtered:
+    policy_logp_N = filters.token_logprob(logits_NV, tokens_N)
+  else:
+    policy_logp_N = sample_logp_N
   return tokens_N, sample_logp_N, policy_logp_N

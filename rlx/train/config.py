@@ -164,7 +164,14 @@ def check_names(cfg: mlc.ConfigDict) -> None:
       msg = e.args[0] if e.args else str(e)
       raise type(e)(f"config.{key}: {msg}") from None
 
-  if cfg.data.task != "file":
+  if cfg.trainer == "reward_model":
+    from rlx.train.reward_model import PREFERENCE_TASKS
+    if cfg.data.task not in PREFERENCE_TASKS:
+      raise ValueError(f"config.data.task={cfg.data.task!r} for reward-model training; "
+                       f"valid: {', '.join(PREFERENCE_TASKS)}.")
+    if cfg.data.task == "file" and not cfg.data.path:
+      raise ValueError("config.data.task='file' needs config.data.path.")
+  elif cfg.data.task != "file":
     wrap("data.task", lambda: TASKS.get(cfg.data.task))
   elif not cfg.data.path:
     raise ValueError("config.data.task='file' needs config.data.path.")

@@ -1,8 +1,10 @@
 """The RL loop: sample -> score -> filter -> advantages -> ref log-probs -> updates.
 
-Each stage is a pure function chosen by the config; this file only wires them
+Each stage is a pure function chosen by the config; this file wires them
 together, handles checkpoints and writes metrics. Reward functions run on the
-host in threads while the device computes reference log-probs.
+host in threads while the device computes reference log-probs. Every jitted
+function sees global (possibly sharded) arrays; each process feeds, decodes and
+scores only its own rows (see rlx/train/placement.py).
 """
 from __future__ import annotations
 
@@ -24,25 +26,30 @@ from rlx.train import common, steps
 from rlx.train.checkpoint import Checkpointer
 from rlx.train.metrics import MetricsWriter, plot_curves, read_jsonl
 from rlx.train.optim import make_optimizer
+from rlx.train.placement import Placement
 from rlx.train.scoring import Scorer, build_rewards
+
+_RO_FIELDS = ("prompt_tokens", "prompt_mask", "completion_tokens", "completion_mask",
+              "sample_logprobs", "policy_logprobs", "completion_lengths", "truncated")
+_VOLATILE = ("time/", "throughput/")
 
 
 class _Stop:
-  """SIGTERM/SIGINT: finish the current step, save, exit."""
+  """SIGTERM: finish the current step, save a checkpoint, exit."""
 
   def __init__(self):
     self.requested = False
     self._old = {}
 
   def __enter__(self):
-    for s in (signal.SIGTERM,):
-      try:
-        self._old[s] = signal.signal(s, self._handle)
-      except ValueError:  # not in the main thread
-        pass
+    try:
+      self._old[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not in the main thread
+      pass
     return self
 
   def _handle(self, signum, frame):
+    del frame
     logging.warning("Signal %d: saving a checkpoint and exiting after this step.", signum)
     self.requested = True
 
@@ -51,52 +58,62 @@ class _Stop:
       signal.signal(s, h)
 
 
-def _repeat_columns(rows: dict[str, list], g: int) -> dict[str, list]:
-  return {k: [v for v in vals for _ in range(g)] for k, vals in rows.items()}
-
-
 def _settings(cfg, *, eval_mode: bool, tokenizer) -> sampling.SamplingSettings:
   s = cfg.sampling
   stop = (tuple(int(t) for t in np.atleast_1d(tokenizer.eos_token_id))
           if tokenizer.eos_token_id is not None and not s.ignore_eos else ())
+  common_kw = dict(stop_token_ids=stop, pad_token_id=int(tokenizer.pad_token_id or 0))
   if eval_mode:
     greedy = cfg.eval.temperature <= 0
+    max_new = cfg.eval.max_new_tokens if cfg.eval.max_new_tokens > 0 else s.max_new_tokens
     return sampling.SamplingSettings(
-        temperature=1.0 if greedy else cfg.eval.temperature, greedy=greedy, top_k=0, top_p=1.0,
-        min_p=0.0, max_new_tokens=cfg.eval.max_new_tokens if cfg.eval.max_new_tokens > 0 else s.max_new_tokens,
-        group_size=1, stop_token_ids=stop, pad_token_id=int(tokenizer.pad_token_id))
+        temperature=1.0 if greedy else cfg.eval.temperature, greedy=greedy,
+        max_new_tokens=max_new, group_size=1, **common_kw)
   return sampling.SamplingSettings(
-      temperature=s.temperature, greedy=False, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
-      max_new_tokens=s.max_new_tokens, group_size=s.group_size, stop_token_ids=stop,
-      pad_token_id=int(tokenizer.pad_token_id))
+      temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
+      max_new_tokens=s.max_new_tokens, group_size=s.group_size, **common_kw)
 
 
-def _stats(x: np.ndarray) -> tuple[float, float]:
-  x = x[np.isfinite(x)]
-  return (float(x.mean()), float(x.std())) if x.size else (float("nan"), float("nan"))
+def _columns(rows: dict[str, Any], g: int) -> dict[str, list]:
+  """Reward columns (everything but the prompt), each repeated for the group."""
+  return {k: [v for v in list(vals) for _ in range(g)] for k, vals in rows.items() if k != "prompt"}
 
 
-def evaluate(cfg, policy_graphdef, params, tokenizer, scorer: Scorer, rows: list[dict],
-             sample_fn, key) -> dict[str, float]:
-  """Mean held-out rewards (greedy unless config.eval.temperature > 0)."""
-  bp = cfg.eval.batch_prompts
-  out = {n: [] for n in scorer.names}
-  lengths = []
-  for start in range(0, len(rows), bp):
-    chunk = rows[start:start + bp]
+def evaluate(cfg, graphdef, params, tokenizer, scorer: Scorer, rows: list[dict], place: Placement,
+             settings, key) -> dict[str, float]:
+  """Mean held-out rewards over `rows` (greedy unless config.eval.temperature > 0)."""
+  eb = cfg.eval.batch_prompts
+  rewards, lengths = [], []
+  for start in range(0, len(rows), eb):
+    chunk = rows[start:start + eb]
     n_real = len(chunk)
-    chunk = chunk + [chunk[-1]] * (bp - n_real)
-    prompts = [r["prompt"] for r in chunk]
-    tok, mask = tokenize_prompts(tokenizer, prompts, cfg.data.max_prompt_len)
-    ro = sample_fn(params, jnp.asarray(tok), jnp.asarray(mask), jax.random.fold_in(key, start))
-    texts = sampling.decode_completions(tokenizer, ro)[:n_real]
-    cols = {k: [r.get(k) for r in chunk[:n_real]] for k in chunk[0] if k not in ("prompt",)}
-    r, _ = scorer(prompts[:n_real], texts, cols)
-    for j, n in enumerate(scorer.names):
-      out[n].append(r[:, j])
-    lengths.append(np.asarray(ro.completion_lengths)[:n_real])
-  m = {f"eval/{n}": float(np.nanmean(np.concatenate(v))) for n, v in out.items()}
-  m["eval/length"] = float(np.concatenate(lengths).mean())
+    chunk = chunk + [chunk[-1]] * (eb - n_real)  # static shape: pad with repeats
+    mine = place.local_rows(eb)
+    local = chunk[mine]
+    tok, mask = tokenize_prompts(tokenizer, [r["prompt"] for r in local], cfg.data.max_prompt_len)
+    ro = sampling.sample(graphdef, params, *place.to_global((tok, mask), eb),
+                         jax.random.fold_in(key, start), settings)
+    ro = place.to_local(ro)
+    texts = sampling.decode_completions(tokenizer, ro)
+    cols = {k: [r.get(k) for r in local] for k in local[0] if k != "prompt"}
+    r, _ = scorer([r["prompt"] for r in local], texts, cols)
+    real = np.arange(mine.start, mine.stop) < n_real
+    rewards.append(place.gather(np.where(real[:, None], r, np.nan)))
+    lengths.append(place.gather(np.where(real, ro.completion_lengths, -1)))
+  r = np.concatenate(rewards)
+  ln = np.concatenate(lengths)
+  m = {f"eval/{n}": float(np.nanmean(r[:, j])) for j, n in enumerate(scorer.names)}
+  m["eval/length"] = float(ln[ln >= 0].mean())
+  return m
+
+
+def _reward_stats(rewards: np.ndarray, valid: np.ndarray, names) -> dict[str, float]:
+  m = {}
+  for j, name in enumerate(names):
+    x = rewards[valid, j] if valid.any() else rewards[:, j]
+    x = x[np.isfinite(x)]
+    m[f"reward/{name}/mean"] = float(x.mean()) if x.size else float("nan")
+    m[f"reward/{name}/std"] = float(x.std()) if x.size else float("nan")
   return m
 
 
@@ -104,51 +121,55 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
   """Runs (or resumes) RL in `workdir`. Returns the last metrics row."""
   os.makedirs(workdir, exist_ok=True)
   main = jax.process_index() == 0
-  policy = common.load_policy(cfg, workdir, checkpoint=init_checkpoint)
-  tok, graphdef = policy.tokenizer, policy.graphdef
+  place = Placement(cfg)
   B, G = cfg.train.batch_prompts, cfg.sampling.group_size
   N, P, C = B * G, cfg.data.max_prompt_len, cfg.sampling.max_new_tokens
+  place.check_batch(B, "config.train.batch_prompts")
+  place.check_batch(cfg.eval.batch_prompts, "config.eval.batch_prompts")
+  mine_p = place.local_rows(B)  # this process's prompts of the global batch
+  Bl = mine_p.stop - mine_p.start
+
+  policy = common.load_policy(cfg, workdir, checkpoint=init_checkpoint)
+  tok, graphdef = policy.tokenizer, policy.graphdef
   updates_per_step = cfg.train.epochs * cfg.train.minibatches
   tx = make_optimizer(cfg.optim, cfg.train.steps * updates_per_step)
-
-  # Reference model.
+  p_sh = place.param_shardings(policy.params)
+  params = place.put_params(policy.params, p_sh)
   if cfg.ref.source == "checkpoint":
     _, _, ref_params = hf_io.load_hf(cfg.ref.checkpoint, dtype=policy.cfg.dtype,
                                      param_dtype=policy.cfg.param_dtype)
+    ref_params = place.put_params(ref_params, p_sh)
   elif cfg.ref.source == "initial":
-    ref_params = jax.tree.map(jnp.copy, policy.params)
+    ref_params = jax.tree.map(jnp.copy, params)
   else:
     ref_params = None
+  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                           opt_state=place.init_opt_state(tx, params, p_sh),
+                           skipped=jnp.zeros((), jnp.int32))
 
-  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=policy.params,
-                           opt_state=tx.init(policy.params), skipped=jnp.zeros((), jnp.int32))
-  specs = build_rewards(cfg.rewards)
-  scorer = Scorer(specs, threads=cfg.reward_threads, errors=cfg.reward_errors)
+  scorer = Scorer(build_rewards(cfg.rewards), threads=cfg.reward_threads, errors=cfg.reward_errors)
   weights = jnp.asarray(scorer.weights)
-
   train_rows = common.load_rows(cfg, "train", cfg.data.num_train)
   eval_rows = common.load_rows(cfg, "eval", cfg.data.num_eval)
   it = make_prompt_iterator(train_rows, batch_prompts=B, seed=cfg.seed, shuffle=cfg.data.shuffle)
 
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_checkpoints)
+  sync_ref = ref_params is not None and cfg.ref.sync_every > 0
   start = 0
-  sync_ref = cfg.ref.source != "none" and cfg.ref.sync_every > 0
   if ckpt.latest_step() is not None:
     start = ckpt.latest_step()
     target = {"train": state, "ref": ref_params} if sync_ref else {"train": state}
     restored, data_state, _ = ckpt.restore(start, target)
     state = restored["train"]
-    if sync_ref:
-      ref_params = restored["ref"]
+    ref_params = restored["ref"] if sync_ref else ref_params
     it.set_state(data_state)
     logging.info("Resumed from step %d in %s", start, workdir)
   writer = MetricsWriter(workdir, enabled=main)
   writer.truncate_after(start)
 
+  # ---- the jitted stages ------------------------------------------------------
   sample_settings = _settings(cfg, eval_mode=False, tokenizer=tok)
   eval_settings = _settings(cfg, eval_mode=True, tokenizer=tok)
-  sample_fn = lambda p, t, m, k: sampling.sample(graphdef, p, t, m, k, sample_settings)
-  eval_fn = lambda p, t, m, k: sampling.sample(graphdef, p, t, m, k, eval_settings)
   chunk = cfg.model.logprob_chunk
   logprobs_fn = steps.make_logprobs_fn(graphdef, P, cfg.sampling.temperature, chunk)
   old_mode = cfg.loss.old_logprobs
@@ -159,21 +180,21 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
                                    temperature=cfg.sampling.temperature, chunk=chunk,
                                    detached_old=detached_old, max_len=C, num_groups=B)
   est_name, est_opts = cfg.advantage.estimator, dict(cfg.advantage.options)
-  adv_lib.ESTIMATORS.get(est_name)  # fail early on an unknown name
-  adv_fn = jax.jit(lambda inputs: adv_lib.compute_advantages(est_name, inputs, B, **est_opts))
-  filt = None
+
+  def make_inputs(rewards, valid, lengths=None):
+    return adv_lib.AdvantageInputs(
+        rewards_NK=rewards, group_ids_N=jnp.repeat(jnp.arange(B, dtype=jnp.int32), G),
+        valid_N=valid, weights_K=weights, lengths_N=lengths, reward_names=scorer.names)
+
+  adv_fn = jax.jit(lambda r, v, ln: adv_lib.compute_advantages(
+      est_name, make_inputs(r, v, ln), B, **est_opts))
+  filt_fn = None
   if cfg.filter.name != "none":
     filt_name, filt_opts = cfg.filter.name, dict(cfg.filter.options)
-    adv_lib.FILTERS.get(filt_name)
-    filt = jax.jit(lambda r, g, v: adv_lib.apply_filter(filt_name, adv_lib.AdvantageInputs(
-        rewards_NK=r, group_ids_N=g, valid_N=v, weights_K=weights, reward_names=scorer.names),
-        B, **filt_opts))
+    filt_fn = jax.jit(lambda r, v: adv_lib.apply_filter(filt_name, make_inputs(r, v), B, **filt_opts)[0])
   correct_j = scorer.names.index(cfg.loss.correct_reward) if cfg.loss.correct_reward else -1
-  if cfg.loss.correct_reward and correct_j < 0:
-    raise ValueError(f"config.loss.correct_reward={cfg.loss.correct_reward!r} is not a reward; "
-                     f"valid: {', '.join(scorer.names)}.")
-  group_ids = jnp.repeat(jnp.arange(B, dtype=jnp.int32), G)
   base_key = jax.random.PRNGKey(cfg.seed)
+  mine_n = slice(mine_p.start * G, mine_p.stop * G)
 
   progress = None
   if main and cfg.train.progress:
@@ -185,144 +206,136 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
     for step in range(start, cfg.train.steps):
       t0 = time.time()
       key = jax.random.fold_in(base_key, step)
-      # ---- sample (+ dynamic-sampling top-up) ---------------------------------
-      kept: list[dict] = []
-      dropped: list[dict] = []
-      rounds = 0
+      # ---- sample and score (with dynamic-sampling top-up) ----------------------
+      kept, dropped, rounds = [], [], 0
       t_sample = t_score = 0.0
-      score_metrics: dict[str, float] = {}
+      score_m: dict[str, float] = {}
+      ref_pending = None
       while True:
         rows = next(it)
         prompts = list(rows["prompt"])
         ptok, pmask = tokenize_prompts(tok, prompts, P)
         ts = time.time()
-        ro = sample_fn(state.params, jnp.asarray(ptok), jnp.asarray(pmask),
-                       jax.random.fold_in(key, rounds))
-        texts = sampling.decode_completions(tok, ro)
+        ro = sampling.sample(graphdef, state.params, *place.to_global((ptok, pmask), B),
+                             jax.random.fold_in(key, rounds), sample_settings)
+        if ref_params is not None and filt_fn is None:
+          # Dispatched now, computed while the host scores.
+          ref_pending = logprobs_fn(
+              ref_params, jnp.concatenate([ro.prompt_tokens, ro.completion_tokens], 1),
+              jnp.concatenate([ro.prompt_mask, ro.completion_mask], 1))[0]
+        ro_np = place.to_local(ro)
+        texts = sampling.decode_completions(tok, ro_np)
         t_sample += time.time() - ts
-        cols = _repeat_columns({k: v for k, v in rows.items() if k != "prompt"}, G)
         ts = time.time()
-        futs = scorer.submit([p for p in prompts for _ in range(G)], texts, cols)
-        if rounds == 0 and ref_params is not None and filt is None:
-          # Overlap: the device computes reference log-probs while rewards run.
-          full = jnp.concatenate([ro.prompt_tokens, ro.completion_tokens], 1)
-          fmask = jnp.concatenate([ro.prompt_mask, ro.completion_mask], 1)
-          ref_pending = logprobs_fn(ref_params, full, fmask)[0]
-        rewards, rm = scorer.collect(futs)
+        rewards, rm = scorer([p for p in prompts for _ in range(G)], texts, _columns(rows, G))
         t_score += time.time() - ts
         for k, v in rm.items():
-          score_metrics[k] = score_metrics.get(k, 0.0) + v
-        ro_np = jax.tree.map(np.asarray, ro)
-        if filt is None:
-          keep_g = np.ones(B, bool)
+          score_m[k] = score_m.get(k, 0.0) + v
+        if filt_fn is None:
+          keep_g = np.ones(Bl, bool)
         else:
-          keep_n, _ = filt(jnp.asarray(rewards), group_ids, jnp.ones(N, bool))
-          keep_g = np.asarray(keep_n).reshape(B, G).all(1)
-        for b in range(B):
+          keep_n = place.to_local(filt_fn(place.to_global(rewards, N), jnp.ones((N,), bool)))
+          keep_g = np.asarray(keep_n).reshape(Bl, G).all(1)
+        for b in range(Bl):
           sl = slice(b * G, (b + 1) * G)
-          grp = dict(ro={k: getattr(ro_np, k)[sl] for k in _RO_FIELDS}, rewards=rewards[sl])
+          grp = ({k: getattr(ro_np, k)[sl] for k in _RO_FIELDS}, rewards[sl])
           (kept if keep_g[b] else dropped).append(grp)
         rounds += 1
-        if filt is None or len(kept) >= B or rounds > cfg.filter.max_rounds:
+        short = place.gather(np.asarray([len(kept) < Bl]))
+        if filt_fn is None or not short.any() or rounds > cfg.filter.max_rounds:
           break
-      valid_groups = min(len(kept), B)
-      groups = (kept + dropped)[:B]
-      batch_ro = {k: np.concatenate([g["ro"][k] for g in groups]) for k in _RO_FIELDS}
-      rewards = np.concatenate([g["rewards"] for g in groups])
-      valid = np.repeat(np.arange(B) < valid_groups, G)
+      n_kept = min(len(kept), Bl)
+      groups = (kept + dropped)[:Bl]
+      local = {k: np.concatenate([g[0][k] for g in groups]) for k in _RO_FIELDS}
+      local["rewards"] = np.concatenate([g[1] for g in groups])
+      local["valid"] = np.repeat(np.arange(Bl) < n_kept, G)
+      local["correct"] = (np.nan_to_num(local["rewards"][:, correct_j], nan=-np.inf)
+                          >= cfg.loss.correct_threshold) if correct_j >= 0 else np.zeros(len(local["valid"]), bool)
+      glob = place.to_global(local, N)
 
-      # ---- advantages ---------------------------------------------------------
-      inputs = adv_lib.AdvantageInputs(
-          rewards_NK=jnp.asarray(rewards), group_ids_N=group_ids, valid_N=jnp.asarray(valid),
-          weights_K=weights, lengths_N=jnp.asarray(batch_ro["completion_lengths"], jnp.float32),
-          reward_names=scorer.names)
-      adv, adiag = adv_fn(inputs)
-
-      tokens = jnp.asarray(np.concatenate([batch_ro["prompt_tokens"], batch_ro["completion_tokens"]], 1))
-      attn = jnp.asarray(np.concatenate([batch_ro["prompt_mask"], batch_ro["completion_mask"]], 1))
-      loss_mask = jnp.asarray(batch_ro["completion_mask"]) * jnp.asarray(valid)[:, None]
-      if ref_params is not None:
-        ref_logp = ref_pending if (rounds == 1 and filt is None) else logprobs_fn(ref_params, tokens, attn)[0]
-      else:
+      # ---- advantages, reference and old log-probs ------------------------------
+      adv, adiag = adv_fn(glob["rewards"], glob["valid"], glob["completion_lengths"].astype(jnp.float32))
+      tokens = jnp.concatenate([glob["prompt_tokens"], glob["completion_tokens"]], 1)
+      attn = jnp.concatenate([glob["prompt_mask"], glob["completion_mask"]], 1)
+      loss_mask = (glob["completion_mask"] & glob["valid"][:, None]).astype(jnp.float32)
+      if ref_params is None:
         ref_logp = jnp.zeros(loss_mask.shape, jnp.float32)
+      elif ref_pending is not None and rounds == 1:
+        ref_logp = ref_pending
+      else:
+        ref_logp = logprobs_fn(ref_params, tokens, attn)[0]
       if old_mode == "sampler":
-        old_logp = jnp.asarray(batch_ro["policy_logprobs"])
+        old_logp = glob["policy_logprobs"]
       elif detached_old:
-        old_logp = jnp.zeros(loss_mask.shape, jnp.float32)
+        old_logp = jnp.zeros(loss_mask.shape, jnp.float32)  # unused: stop_gradient(logp)
       else:
         old_logp = logprobs_fn(state.params, tokens, attn)[0]
-      correct = (jnp.asarray(np.nan_to_num(rewards[:, correct_j], nan=-np.inf) >= cfg.loss.correct_threshold)
-                 if correct_j >= 0 else jnp.zeros((N,), bool))
-      batch = dict(tokens=tokens, attn_mask=attn, loss_mask=loss_mask.astype(jnp.float32),
-                   adv=adv, old_logp=old_logp, sample_logp=jnp.asarray(batch_ro["sample_logprobs"]),
-                   ref_logp=ref_logp, correct=correct, group=group_ids,
-                   lengths=jnp.asarray(batch_ro["completion_lengths"], jnp.int32))
+      batch = dict(tokens=tokens, attn_mask=attn, loss_mask=loss_mask, adv=adv, old_logp=old_logp,
+                   sample_logp=glob["sample_logprobs"], ref_logp=ref_logp, correct=glob["correct"],
+                   group=jnp.repeat(jnp.arange(B, dtype=jnp.int32), G),
+                   lengths=glob["completion_lengths"].astype(jnp.int32))
 
       # ---- updates ------------------------------------------------------------
       tu = time.time()
       mb = N // cfg.train.minibatches
-      upd_metrics = []
+      upd = []
       for epoch in range(cfg.train.epochs):
         order = (np.arange(N) if epoch == 0 else
                  np.asarray(jax.random.permutation(jax.random.fold_in(key, 1000 + epoch), N)))
         for i in range(cfg.train.minibatches):
-          idx = order[i * mb:(i + 1) * mb]
-          sub = jax.tree.map(lambda x: x[idx], batch) if cfg.train.minibatches > 1 or epoch else batch
+          sub = batch
+          if cfg.train.minibatches > 1 or epoch:
+            idx = jnp.asarray(order[i * mb:(i + 1) * mb])
+            sub = jax.tree.map(lambda x: x[idx], batch)
           state, um = update_fn(state, sub)
-          upd_metrics.append(um)
-      um = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *upd_metrics)
-      um = jax.device_get(um)
+          upd.append(um)
+      um = jax.device_get(jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *upd))
       t_update = time.time() - tu
       if sync_ref and (step + 1) % cfg.ref.sync_every == 0:
         ref_params = jax.tree.map(jnp.copy, state.params)
 
-      # ---- metrics ------------------------------------------------------------
-      m: dict[str, Any] = {}
-      for j, name in enumerate(scorer.names):
-        mu, sd = _stats(rewards[valid, j] if valid.any() else rewards[:, j])
-        m[f"reward/{name}/mean"], m[f"reward/{name}/std"] = mu, sd
-      m.update(score_metrics)
-      lengths = batch_ro["completion_lengths"]
+      # ---- metrics, eval, checkpoint ---------------------------------------------
+      all_rewards = place.gather(local["rewards"])
+      all_valid = place.gather(local["valid"])
+      lengths = place.gather(local["completion_lengths"])
+      m: dict[str, Any] = _reward_stats(all_rewards, all_valid, scorer.names)
+      m.update(score_m)
+      m.update(jax.device_get(adiag))
+      m.update({f"loss/{k}" if not k.startswith("loss") else k: v for k, v in um.items()})
       m["completion/length_mean"] = float(lengths.mean())
       m["completion/length_max"] = float(lengths.max())
-      m["completion/truncated"] = float(batch_ro["truncated"].mean())
-      m["filter/kept_groups"] = float(valid_groups)
+      m["completion/truncated"] = float(place.gather(local["truncated"]).mean())
+      m["filter/kept_groups"] = float(all_valid.sum() // G)
       m["filter/rounds"] = float(rounds)
-      m.update(jax.device_get(adiag))
-      m["loss"] = um
       m["time/sample_s"], m["time/score_s"], m["time/update_s"] = t_sample, t_score, t_update
-      dt = time.time() - t0
-      m["time/step_s"] = dt
+      m["time/step_s"] = time.time() - t0
       m["throughput/tokens_per_s"] = float(lengths.sum() * rounds) / max(t_sample, 1e-9)
-      if cfg.train.eval_every and ((step + 1) % cfg.train.eval_every == 0 or step + 1 == cfg.train.steps):
-        m.update(evaluate(cfg, graphdef, state.params, tok, scorer, eval_rows, eval_fn,
-                          jax.random.fold_in(base_key, -1 % (2**31))))
-      if (step + 1) % cfg.train.log_every == 0 or "eval/length" in str(m.keys()):
+      done = step + 1 == cfg.train.steps
+      if cfg.train.eval_every and ((step + 1) % cfg.train.eval_every == 0 or done):
+        m.update(evaluate(cfg, graphdef, state.params, tok, scorer, eval_rows, place,
+                          eval_settings, jax.random.fold_in(base_key, 2**31 - 1)))
+      if (step + 1) % cfg.train.log_every == 0 or done or any(k.startswith("eval/") for k in m):
         last = writer.write(step + 1, m)
       if progress is not None:
         progress.update(1)
-        progress.set_postfix({n[:12]: f"{m[f'reward/{n}/mean']:.3f}" for n in scorer.names}, refresh=False)
-      done = step + 1 == cfg.train.steps
+        progress.set_postfix({n[:12]: f"{m[f'reward/{n}/mean']:.3f}" for n in scorer.names},
+                             refresh=False)
       if (cfg.train.ckpt_every and (step + 1) % cfg.train.ckpt_every == 0) or done or stop.requested:
         target = {"train": state, "ref": ref_params} if sync_ref else {"train": state}
         ckpt.save(step + 1, target, it.get_state(), {"step": step + 1})
       if stop.requested:
         break
   ckpt.close()
+  scorer.close()
   if progress is not None:
     progress.close()
-  scorer.close()
   writer.close()
   if main and not stop.requested:
     if cfg.train.export_hf:
-      hf_io.save_hf(os.path.join(workdir, "hf"), policy.cfg, state.params, tokenizer=tok)
-    rows = read_jsonl(writer.path)
-    keys = [f"reward/{n}/mean" for n in scorer.names] + [f"eval/{n}" for n in scorer.names]
-    plot_curves(rows, keys + ["completion/length_mean", "loss/kl/kl" if False else "loss/loss"],
-                os.path.join(workdir, "rewards.png"), title=f"{cfg.advantage.estimator} on {cfg.data.task}")
+      hf_io.save_hf(os.path.join(workdir, "hf"), policy.cfg, jax.device_get(state.params), tokenizer=tok)
+    keys = ([f"reward/{n}/mean" for n in scorer.names] + [f"eval/{n}" for n in scorer.names]
+            + ["completion/length_mean", "loss/loss"])
+    plot_curves(read_jsonl(writer.path), keys, os.path.join(workdir, "rewards.png"),
+                title=f"{cfg.advantage.estimator} on {cfg.data.task}")
   logging.info("RL finished in %.1f s", time.time() - t_run)
   return last
-
-
-_RO_FIELDS = ("prompt_tokens", "prompt_mask", "completion_tokens", "completion_mask",
-              "sample_logprobs", "policy_logprobs", "completion_lengths", "truncated")

@@ -1,0 +1,125 @@
+"""Chunked token log-probs / entropies: vs transformers, vs unchunked, gradients, memory."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlx import testing
+from rlx.models import positions_from_mask, token_logprobs
+from rlx.models.hf_io import load_hf
+from rlx.models.logprobs import logprobs_from_logits, unchunked_token_logprobs
+
+torch = pytest.importorskip("torch")
+
+B, T = 3, 13
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+  d = testing.make_tiny_checkpoint(tmp_path_factory.mktemp("lp"), "llama", tied=False)
+  cfg, graphdef, params = load_hf(d)
+  return d, graphdef, params
+
+
+def _batch():
+  tokens, mask = testing.padded_batch(11, B, T, side="left")
+  mask[2, -3:] = False  # also right padding on one row
+  tokens[2, -3:] = 0
+  return tokens, mask
+
+
+def test_matches_transformers_log_softmax(model):
+  d, graphdef, params = model
+  tokens, mask = _batch()
+  logits = testing.torch_logits(testing.load_torch_model(d), tokens, mask,
+                                positions_from_mask(mask))
+  for temp in (1.0, 0.7):
+    logp_ref = torch.log_softmax(torch.tensor(logits) / temp, -1).numpy()
+    tgt = np.take_along_axis(logp_ref[:, :-1], tokens[:, 1:, None], -1)[..., 0]
+    ent = -(np.exp(logp_ref) * logp_ref).sum(-1)[:, :-1]
+    valid = mask[:, 1:] & mask[:, :-1]
+    logp, entropy = jax.jit(token_logprobs, static_argnums=0, static_argnames="chunk_size")(
+        graphdef, params, tokens, mask, chunk_size=5, temperature=temp)
+    logp, entropy = np.asarray(logp), np.asarray(entropy)
+    assert logp.shape == entropy.shape == (B, T)
+    np.testing.assert_allclose(logp[:, 1:][valid], tgt[valid], atol=1e-4)
+    np.testing.assert_allclose(entropy[:, 1:][valid], ent[valid], atol=1e-4)
+    # Position 0, padding and the first real token of a left-padded row get 0.
+    assert np.all(logp[:, 0] == 0) and np.all(logp[:, 1:][~valid] == 0)
+    assert np.all(entropy[:, 1:][~valid] == 0)
+    assert logp[1, ~mask[1]].size and np.all(logp[1, np.argmax(mask[1])] == 0)
+
+
+def test_chunked_equals_unchunked(model):
+  _, graphdef, params = model
+  tokens, mask = _batch()
+  fn = jax.jit(token_logprobs, static_argnums=0, static_argnames="chunk_size")
+  b = jax.jit(unchunked_token_logprobs, static_argnums=0)(graphdef, params, tokens, mask,
+                                                          temperature=0.9)
+  for chunk_size in (3, 64):  # 3 does not divide T (padded chunks); 64 > T
+    a = fn(graphdef, params, tokens, mask, chunk_size=chunk_size, temperature=0.9)
+    np.testing.assert_allclose(a[0], b[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(a[1], b[1], atol=1e-5, rtol=0)
+
+
+def _loss(fn, graphdef):
+  def loss(params, tokens, mask):
+    logp, ent = fn(graphdef, params, tokens, mask)
+    return jnp.sum(logp * mask) + 0.1 * jnp.sum(ent)
+  return loss
+
+
+def test_gradients_match_unchunked(model):
+  """Chunked + per-layer remat gradients equal plain unchunked gradients."""
+  _, graphdef, params = model
+  tokens, mask = _batch()
+  chunked = lambda g, p, t, m: token_logprobs(g, p, t, m, chunk_size=4, remat=True)
+  ga = jax.jit(jax.grad(_loss(chunked, graphdef)))(params, tokens, mask)
+  gb = jax.jit(jax.grad(_loss(unchunked_token_logprobs, graphdef)))(params, tokens, mask)
+  for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+    np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+  assert float(jnp.abs(ga["lm_head"][...]).max()) > 1e-3
+  assert float(jnp.abs(ga["layers"]["q"][...]).max()) > 1e-4
+
+
+def _has_full_logits(jaxpr, V: int, max_rows: int) -> bool:
+  """Whether any equation in jaxpr (recursively) makes logits-like arrays [..., V]
+  with more than max_rows rows in total (e.g. [B, T, V] or stacked [n, B, C, V])."""
+  for eqn in jaxpr.eqns:
+    for v in eqn.outvars:
+      shape = getattr(v.aval, "shape", ())
+      if len(shape) >= 3 and shape[-1] == V and np.prod(shape[:-1]) > max_rows:
+        return True
+    for p in eqn.params.values():
+      for j in (p if isinstance(p, (list, tuple)) else [p]):
+        inner = getattr(j, "jaxpr", j)
+        if hasattr(inner, "eqns") and _has_full_logits(inner, V, max_rows):
+          return True
+  return False
+
+
+def test_no_full_logits_in_forward_or_backward(model):
+  _, graphdef, params = model
+  tokens, mask = _batch()
+  V, C = params["lm_head"].shape[1], 4
+
+  def jaxpr_of(fn):
+    return jax.make_jaxpr(jax.value_and_grad(_loss(fn, graphdef)))(params, tokens, mask).jaxpr
+
+  chunked = lambda g, p, t, m: token_logprobs(g, p, t, m, chunk_size=C)
+  assert not _has_full_logits(jaxpr_of(chunked), V, B * C)
+  # The detector sees the full logits of the unchunked version, and the stacked
+  # per-chunk logits the backward pass would keep without jax.checkpoint.
+  assert _has_full_logits(jaxpr_of(unchunked_token_logprobs), V, B * C)
+  no_ckpt = lambda g, p, t, m: token_logprobs(g, p, t, m, chunk_size=C, checkpoint_chunks=False)
+  assert _has_full_logits(jaxpr_of(no_ckpt), V, B * C)
+
+
+def test_logprobs_from_logits_closed_form():
+  logits = jnp.log(jnp.array([[[0.5, 0.25, 0.25]]]))
+  logp, ent = logprobs_from_logits(logits, jnp.array([[1]]))
+  np.testing.assert_allclose(logp, [[np.log(0.25)]], rtol=1e-6)
+  np.testing.assert_allclose(ent, [[1.5 * np.log(2)]], rtol=1e-6)
+  # Temperature -> infinity: uniform; entropy log 3.
+  _, ent = logprobs_from_logits(logits, jnp.array([[1]]), temperature=1e6)
+  np.testing.assert_allclose(ent, [[np.log(3)]], rtol=1e-5)
