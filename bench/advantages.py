@@ -55,7 +55,6 @@ def main() -> None:
   malloc_reuse = False if args.no_malloc_reuse else _malloc_reuse()
 
   import jax
-  import jax.numpy as jnp
   import numpy as np
 
   from rlx.advantages import ESTIMATORS, AdvantageInputs, compute_advantages, fit_reference_stats

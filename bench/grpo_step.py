@@ -60,7 +60,12 @@ def main() -> None:
 
   tmp = tempfile.mkdtemp(prefix="rlx_bench_")
   ckpt = os.path.join(tmp, "qwen2")
-  build_checkpoint(ckpt, os.path.join(tmp, "tokenizer"))
+  # Built in a child process so that torch's memory does not count in our peak RSS.
+  import subprocess
+  subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                  "import grpo_step; grpo_step.build_checkpoint(sys.argv[2], sys.argv[3])",
+                  os.path.dirname(os.path.abspath(__file__)), ckpt, os.path.join(tmp, "tokenizer")],
+                 check=True)
   rng = np.random.default_rng(0)
   data = os.path.join(tmp, "prompts.jsonl")
   with open(data, "w") as f:

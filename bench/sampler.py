@@ -150,6 +150,9 @@ def bench_gpu(args) -> dict:
 
   dev = jax.devices()[0]
   hbm = args.hbm_tb_s or default_hbm_tb_s(dev.device_kind)
+  if args.smoke:  # a tiny G-like run to check this code path anywhere
+    G.update(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+             num_kv_heads=2, head_dim=16, prompts=2, prompt_len=8, new_tokens=16)
   cfg = models.ModelConfig.for_family(
       "qwen2", vocab_size=G["vocab_size"], hidden_size=G["hidden_size"],
       intermediate_size=G["intermediate_size"], num_layers=G["num_layers"],
@@ -192,6 +195,7 @@ def main():
   ap.add_argument("--skip_hf", action="store_true")
   ap.add_argument("--checkpoint", default=None, help="W checkpoint dir (created if absent).")
   ap.add_argument("--hbm_tb_s", type=float, default=None)
+  ap.add_argument("--smoke", action="store_true", help="tiny workload G (code-path check).")
   ap.add_argument("--_hf_child", default=None, help=argparse.SUPPRESS)
   args = ap.parse_args()
   if args._hf_child:

@@ -178,7 +178,7 @@ def single_reward_fn(name, **opts):
   return jax.jit(lambda i: compute_advantages(name, i, G, diagnostics=False, **opts)[0])
 
 
-@settings(max_examples=500, deadline=None, database=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(batches(k=1))
 def test_gdpo_one_reward_is_positive_multiple_of_grpo(b):
   inputs = make_inputs(b)
@@ -197,7 +197,7 @@ def test_gdpo_one_reward_is_positive_multiple_of_grpo(b):
 unit_grid = st.sampled_from([i / 8 for i in range(9)] + [NAN])
 
 
-@settings(max_examples=500, deadline=None, database=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(batches(elements=unit_grid, k=1))
 def test_bnpo_with_a_b_one_is_reinforce_with_group_baseline(b):
   inputs = make_inputs(b)

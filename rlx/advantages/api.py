@@ -35,7 +35,7 @@ def filter_options(name: str) -> dict[str, Any]:
 
 def compute_advantages(name: str, inputs: AdvantageInputs, num_groups: int, *,
                        group_by_agent: bool = False, num_agents: int | None = None,
-                       diagnostics: bool = True, resolution_rows: int | None = 65536,
+                       diagnostics: bool = True, resolution_rows: int | None = 16384,
                        **options: Any) -> tuple[Array, dict[str, Array]]:
   """Runs the advantage estimator `name` (jittable; call it inside jit).
 

@@ -77,21 +77,19 @@ def group_reward_stats(rewards_NK: Array, mask_NK: Array, group_ids_N: Array,
 
 def sample_groups(group_ids_N: Array, valid_N: Array, num_groups: int,
                   max_rows: int | None) -> tuple[Array, Array, int]:
-  """Rows of the complete groups among the first groups (by id) that fit in
-  max_rows rows: (row index [M], row mask [M], number of group ids scanned).
-  With max_rows None or >= N: all rows."""
+  """Rows used by the group-level diagnostics: all rows if N <= max_rows (or
+  max_rows is None), else the first max_rows rows (a static slice, so the
+  cost does not grow with N), keeping only groups whose valid members all lie
+  in the slice. Returns (row index [M], row mask [M], number of group ids)."""
   n = group_ids_N.shape[0]
   if max_rows is None or n <= max_rows:
     return jnp.arange(n), valid_N, num_groups
-  cut = max(1, (num_groups * max_rows) // (2 * n))
-  take = valid_N & (group_ids_N < cut)
-  (idx,) = jnp.nonzero(take, size=max_rows, fill_value=n)
-  in_range = idx < n
-  idx = jnp.minimum(idx, n - 1)
-  gid = group_ids_N[idx]
-  full = jax.ops.segment_sum(take.astype(jnp.int32), group_ids_N, num_groups)
-  got = jax.ops.segment_sum(in_range.astype(jnp.int32), gid, num_groups)
-  return idx, in_range & (got == full)[gid], cut
+  idx = jnp.arange(max_rows)
+  gid = group_ids_N[:max_rows]
+  v = valid_N[:max_rows]
+  full = jax.ops.segment_sum(valid_N.astype(jnp.int32), group_ids_N, num_groups)
+  got = jax.ops.segment_sum(v.astype(jnp.int32), gid, num_groups)
+  return idx, v & (got == full)[gid], num_groups
 
 
 def reward_diagnostics(inputs: AdvantageInputs, num_groups: int,
@@ -159,7 +157,8 @@ def advantage_resolution(adv_N: Array, group_ids_N: Array, valid_N: Array, num_g
 
   Values closer than `tol` count as equal. When N > max_rows only the groups
   of `sample_groups` are used (the sort stays small); adv/resolution_groups
-  says how many groups were counted.
+  says how many groups were counted (rows ordered by group, as a trainer
+  lays them out, keep almost all groups of the slice).
   """
   idx, mask, _ = sample_groups(group_ids_N, valid_N, num_groups, max_rows)
   d, v, g = _resolution(adv_N[idx], group_ids_N[idx], mask, tol)
@@ -193,16 +192,17 @@ def abs_advantage_shares(contrib_NK: Array, valid_N: Array, reward_names: tuple[
 
 
 def all_diagnostics(inputs: AdvantageInputs, num_groups: int, adv: Array,
-                    contrib_NK: Any = None, max_rows: int | None = 65536,
+                    contrib_NK: Any = None, max_rows: int | None = 16384,
                     sum_scale_N: Any = None, sum_mask_N: Any = None) -> dict[str, Array]:
   """Everything of section 7 that the advantage step can know.
 
   Advantage mean/std/min/max use the whole batch; reward statistics,
   correlations, constant-group shares, resolution and |A| shares use the
-  complete groups of `sample_groups(max_rows)` (the whole batch when
-  N <= max_rows), which keeps the cost independent of N.
+  complete groups among the first max_rows rows (`sample_groups`; the whole
+  batch when N <= max_rows), which keeps their cost independent of N.
 
-  contrib_NK: each reward's additive part of A, if the estimator has one;
+  contrib_NK: each reward's additive part of A [N, K] (or a function of row
+  indices returning those rows' parts), if the estimator has one;
   sum_scale_N / sum_mask_N: for A_i = c_i (s_i - mean_g s) estimators, c and
   the row mask (the parts are then c_i w_k (r_ik - mean_g r_k)).
   """
@@ -231,5 +231,6 @@ def all_diagnostics(inputs: AdvantageInputs, num_groups: int, adv: Array,
     contrib_sub = centered * inputs.weights_K * sum_scale_N[idx][:, None]
     out.update(abs_advantage_shares(contrib_sub, rows, inputs.reward_names))
   elif contrib_NK is not None:
-    out.update(abs_advantage_shares(contrib_NK[idx], mask, inputs.reward_names))
+    sub_contrib = contrib_NK(idx) if callable(contrib_NK) else contrib_NK[idx]
+    out.update(abs_advantage_shares(sub_contrib, mask, inputs.reward_names))
   return out

@@ -92,7 +92,7 @@ def grpo(inputs: AdvantageInputs, *, num_groups: int, eps: float = 1e-4,
 
   eps 1e-4 is TRL's (verl uses 1e-6); scale_std=False gives Dr. GRPO.
   """
-  s, mask, x = combined_reward(inputs, missing, "grpo")
+  s, mask, _ = combined_reward(inputs, missing, "grpo")
   m = seg.group_moments(s, mask, inputs.group_ids_N, num_groups, ddof)
   if scale_std:
     scale = seg.safe_divide(jnp.ones_like(s), m.std + eps, mask & (m.count > ddof))
@@ -112,7 +112,7 @@ def dr_grpo(inputs: AdvantageInputs, *, num_groups: int, missing: str = "sum_ava
 def rloo(inputs: AdvantageInputs, *, num_groups: int, missing: str = "sum_available"
          ) -> tuple[Array, Diagnostics]:
   """RLOO: A_i = s_i - mean_{j in g, j != i} s_j = n/(n-1) (s_i - mean_g s); 0 if n = 1."""
-  s, mask, x = combined_reward(inputs, missing, "rloo")
+  s, mask, _ = combined_reward(inputs, missing, "rloo")
   m = seg.group_moments(s, mask, inputs.group_ids_N, num_groups, ddof=1)
   scale = seg.safe_divide(m.count, m.count - 1, mask & (m.count > 1))
   return m.centered * scale, {"sum_scale_N": scale, "sum_mask_N": mask}
@@ -130,9 +130,13 @@ def reinforce_batch(inputs: AdvantageInputs, *, num_groups: int, scale_std: bool
     scale = seg.safe_divide(jnp.ones_like(s), jnp.sqrt(var) + eps, mask & (total > ddof))
   else:
     scale = mask.astype(s.dtype)
-  m = mask[:, None].astype(x.dtype)
-  xmean = (x * m).sum(0) / jnp.maximum(m.sum(), 1)
-  contrib = (x - xmean) * m * inputs.weights_K * scale[:, None]
+
+  def contrib(rows):  # Per-reward parts on the diagnostic rows (batch means taken there).
+    m = mask[rows][:, None].astype(x.dtype)
+    xr = x[rows]
+    xmean = (xr * m).sum(0) / jnp.maximum(m.sum(), 1)
+    return (xr - xmean) * m * inputs.weights_K * scale[rows][:, None]
+
   return (s - mean) * scale, {"contrib_NK": contrib}
 
 
@@ -219,7 +223,7 @@ def beta_log_pdf(p: Array, a: Array, b: Array) -> Array:
 
 def _bnpo(p: Array, mask: Array, group_ids_N: Array, num_groups: int,
           fixed_ab: Sequence[float] | None, weight_max: float, max_ab: float
-          ) -> tuple[Array, Array, Array]:
+          ) -> tuple[Array, Array, Array, Array]:
   """BNPO advantage of [0,1] rewards p ([N] or [N, K], one fit per column):
   (A, a, b, weight) with weight the member's clamped 1/f_Beta(p_g)."""
   m = seg.group_moments(p, mask, group_ids_N, num_groups, ddof=1)
@@ -249,6 +253,8 @@ def bnpo(inputs: AdvantageInputs, *, num_groups: int, reward_min: Any = 0.0,
          max_ab: float = 1e4, missing: str = "sum_available") -> tuple[Array, Diagnostics]:
   """BNPO: A_i = (r_i - p_g) / f_Beta(p_g; a, b), rewards mapped to [0, 1].
 
+  Rewards are mapped by (r - reward_min) / (reward_max - reward_min) and
+  clipped to [0, 1]; p_g is the group mean of the mapped reward.
   (a, b) are refit every batch by moments of the group means {p_g}:
   c = mu(1-mu)/var - 1, a = max(1, 1 + c mu/3), b = max(1, 1 + c(1-mu)/3)
   (var with ddof 1 over groups; mu = 0, var = 1 with a single group; a and b
@@ -268,13 +274,13 @@ def bnpo(inputs: AdvantageInputs, *, num_groups: int, reward_min: Any = 0.0,
     p = jnp.clip((jnp.where(obs, inputs.rewards_NK, 0) - lo) / (hi - lo), 0, 1)
     adv_NK, a_K, b_K, _ = _bnpo(p, obs, group_ids, num_groups, fixed_ab, weight_max, max_ab)
     wsum = inputs.weights_K.sum()
-    terms = adv_NK * inputs.weights_K / jnp.where(wsum != 0, wsum, 1)
+    w = inputs.weights_K / jnp.where(wsum != 0, wsum, 1)
     for k, name in enumerate(inputs.reward_names):
       diags[f"alpha/{name}"] = a_K[k]
       diags[f"beta/{name}"] = b_K[k]
-    diags["contrib_NK"] = terms
-    return terms.sum(-1), diags
-  s, mask, x = combined_reward(inputs, missing, "bnpo")
+    diags["contrib_NK"] = adv_NK * w
+    return adv_NK @ w, diags
+  s, mask, _ = combined_reward(inputs, missing, "bnpo")
   lo = jnp.asarray(reward_min, s.dtype)
   hi = jnp.asarray(reward_max, s.dtype)
   if lo.ndim or hi.ndim:
@@ -515,10 +521,12 @@ def reference_frozen(inputs: AdvantageInputs, *, num_groups: int,
   del num_groups
   if stats is None:
     raise ValueError("reference_frozen needs option stats=fit_reference_stats(reference rewards).")
-  obs = observed(inputs)
-  z = seg.safe_divide(inputs.rewards_NK - stats.mean_K, stats.std_K + eps, obs)
-  terms = z * inputs.weights_K
-  return terms.sum(-1), {"contrib_NK": terms}
+  def terms(rows):
+    r = inputs.rewards_NK[rows]
+    obs = inputs.valid_N[rows][:, None] & ~jnp.isnan(r)
+    return seg.safe_divide(r - stats.mean_K, stats.std_K + eps, obs) * inputs.weights_K
+
+  return terms(slice(None)).sum(-1), {"contrib_NK": terms}
 
 
 # ----------------------------------------------------------------------------

@@ -5,8 +5,10 @@ An advantage estimator has the signature
     fn(inputs: AdvantageInputs, *, num_groups: int, **options) -> (A, diagnostics)
 
 where `A` is float [N] (or token-level [N, T]) and `diagnostics` a dict of
-scalars (the key "contrib_NK", if present, holds each reward's additive part
-of A and is turned into section-7 shares by `compute_advantages`).
+scalars. Optional keys consumed by `compute_advantages` for the section-7
+|A| shares: "contrib_NK" (each reward's additive part of A, [N, K], or a
+function of row indices returning those rows' parts) or "sum_scale_N" /
+"sum_mask_N" (for A_i = c_i (s_i - mean_g s): c and the row mask).
 
 A sample filter has the signature
 

@@ -7,8 +7,11 @@ have the static length C = settings.max_new_tokens. One jit covers prefill and
 decode and is compiled once per (model, settings, B, P).
 
 Layout: row n = b * G + g of every [N = B * G, ...] output is the g-th
-completion of prompt b; `group_ids[n] = b`. The KV cache has S = P + C slots:
-prompt token p at slot p, completion token i at slot P + i.
+completion of prompt b; `group_ids[n] = b`. The KV cache holds prompt token p
+at slot p and completion token i at slot P + i (P + C - 1 slots at most; it
+grows between decode segments, see `SamplingSettings.decode_segments`).
+Sampling is exact inverse-CDF sampling from softmax of the filtered logits
+(one uniform per row and step, keys `fold_in(key, i)`).
 """
 from __future__ import annotations
 

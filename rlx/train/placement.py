@@ -11,14 +11,16 @@ from typing import Any
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rlx import parallel
 
 
 class Placement:
 
-  def __init__(self, cfg):
-    self.mesh = parallel.mesh_from_config(cfg)
+  def __init__(self, cfg, devices: Any = None):
+    """Mesh from `cfg.mesh` over `devices` (default: all devices of all processes)."""
+    self.mesh = parallel.mesh_from_config(cfg, devices)
     self.rules = parallel.rules_from_config(cfg)
     self.multi = jax.process_count() > 1
 
@@ -40,6 +42,10 @@ class Placement:
   def put_params(self, params: Any, shardings: Any = None) -> Any:
     return jax.device_put(params, shardings or self.param_shardings(params))
 
+  def replicated(self, x: Any) -> Any:
+    """`x` (the same value on every process) replicated on every mesh device."""
+    return jax.device_put(x, NamedSharding(self.mesh, P()))
+
   def init_opt_state(self, tx, params: Any, shardings: Any) -> Any:
     return parallel.init_opt_state_sharded(tx, params, self.mesh, shardings)
 
@@ -58,8 +64,52 @@ class Placement:
       return full[self.local_rows(full.shape[0])]
     return jax.tree.map(one, tree)
 
+  def _process_blocks(self) -> tuple[int, dict[int, tuple[int, int]]]:
+    """(S, {process: [a, b)}): the batch shards S and each process's block of them."""
+    shards = parallel.num_batch_shards(self.mesh, parallel.batch_mesh_axes(self.mesh, self.rules))
+    index = parallel.batch_sharding(self.mesh, 1, self.rules).devices_indices_map((shards,))
+    blocks: dict[int, tuple[int, int]] = {}
+    for device, idx in index.items():
+      a, b, _ = idx[0].indices(shards)
+      lo, hi = blocks.get(device.process_index, (a, b))
+      blocks[device.process_index] = (min(lo, a), max(hi, b))
+    return shards, blocks
+
   def gather(self, local: np.ndarray) -> np.ndarray:
-    """All processes' local rows, concatenated in process order (for metrics)."""
+    """The global batch from every process's local rows `local` (dim 0), in row order.
+
+    Rows held by several processes (batch axes that do not span all
+    processes) appear once. A collective in multi-process runs.
+    """
+    local = np.asarray(local)
     if not self.multi:
-      return np.asarray(local)
-    return np.asarray(multihost_utils.process_allgather(np.asarray(local), tiled=True))
+      return local
+    stacked = np.asarray(multihost_utils.process_allgather(local))  # [processes, rows, ...]
+    shards, blocks = self._process_blocks()
+    per_shard = local.shape[0] // (blocks[jax.process_index()][1] - blocks[jax.process_index()][0])
+    out = np.empty((shards * per_shard,) + local.shape[1:], local.dtype)
+    for proc, (a, b) in blocks.items():
+      out[a * per_shard:b * per_shard] = stacked[proc]
+    return out
+
+  def fetch(self, tree: Any) -> Any:
+    """Whole (unsharded) NumPy copies of global arrays on every process.
+
+    A collective in multi-process runs: every process must call it.
+    """
+    if not self.multi:
+      return jax.device_get(tree)
+    return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)),
+                        tree)
+
+  def sum_over_processes(self, local: np.ndarray) -> np.ndarray:
+    """Sum of per-process totals `local` (e.g. counts over this process's rows),
+    counting processes that hold the same rows once. A collective."""
+    local = np.asarray(local)
+    if not self.multi:
+      return local
+    stacked = np.asarray(multihost_utils.process_allgather(local))
+    first: dict[tuple[int, int], int] = {}
+    for proc, block in sorted(self._process_blocks()[1].items()):
+      first.setdefault(block, proc)
+    return stacked[sorted(first.values())].sum(0)

@@ -33,6 +33,11 @@ _RO_FIELDS = ("prompt_tokens", "prompt_mask", "completion_tokens", "completion_m
               "sample_logprobs", "policy_logprobs", "completion_lengths", "truncated")
 _VOLATILE = ("time/", "throughput/")
 
+# `sampling.sample` under jit: its host-side prompt check reads the mask, which
+# a multi-process (non process-local) global array does not allow; prompts from
+# `tokenize_prompts` are left-padded by construction.
+_sample = jax.jit(sampling.sample, static_argnames=("graphdef", "settings"))
+
 
 class _Stop:
   """SIGTERM: finish the current step, save a checkpoint, exit."""
@@ -91,7 +96,7 @@ def evaluate(cfg, graphdef, params, tokenizer, scorer: Scorer, rows: list[dict],
     mine = place.local_rows(eb)
     local = chunk[mine]
     tok, mask = tokenize_prompts(tokenizer, [r["prompt"] for r in local], cfg.data.max_prompt_len)
-    ro = sampling.sample(graphdef, params, *place.to_global((tok, mask), eb),
+    ro = _sample(graphdef, params, *place.to_global((tok, mask), eb),
                          jax.random.fold_in(key, start), settings)
     ro = place.to_local(ro)
     texts = sampling.decode_completions(tokenizer, ro)
@@ -143,15 +148,20 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
     ref_params = jax.tree.map(jnp.copy, params)
   else:
     ref_params = None
-  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+  state = steps.TrainState(step=place.replicated(np.zeros((), np.int32)), params=params,
                            opt_state=place.init_opt_state(tx, params, p_sh),
-                           skipped=jnp.zeros((), jnp.int32))
+                           skipped=place.replicated(np.zeros((), np.int32)))
+  state_sh = jax.tree.map(lambda x: x.sharding, state)
 
   scorer = Scorer(build_rewards(cfg.rewards), threads=cfg.reward_threads, errors=cfg.reward_errors)
   weights = jnp.asarray(scorer.weights)
   train_rows = common.load_rows(cfg, "train", cfg.data.num_train)
   eval_rows = common.load_rows(cfg, "eval", cfg.data.num_eval)
-  it = make_prompt_iterator(train_rows, batch_prompts=B, seed=cfg.seed, shuffle=cfg.data.shuffle)
+  # Every process reads the whole global batch (prompt rows are small) and
+  # keeps its rows `mine_p`: the batch's row order, hence the samples, and the
+  # iterator state do not depend on the number of processes.
+  it = make_prompt_iterator(train_rows, batch_prompts=B, seed=cfg.seed, shuffle=cfg.data.shuffle,
+                            process_index=0, process_count=1)
 
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_checkpoints)
   sync_ref = ref_params is not None and cfg.ref.sync_every > 0
@@ -178,7 +188,8 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
   detached_old = old_mode == "auto" and updates_per_step == 1
   update_fn = steps.make_update_fn(graphdef, tx, cfg.loss.terms, prompt_len=P,
                                    temperature=cfg.sampling.temperature, chunk=chunk,
-                                   detached_old=detached_old, max_len=C, num_groups=B)
+                                   detached_old=detached_old, max_len=C, num_groups=B,
+                                   state_shardings=state_sh)
   est_name, est_opts = cfg.advantage.estimator, dict(cfg.advantage.options)
 
   def make_inputs(rewards, valid, lengths=None):
@@ -212,11 +223,11 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
       score_m: dict[str, float] = {}
       ref_pending = None
       while True:
-        rows = next(it)
+        rows = {k: v[mine_p] for k, v in next(it).items()}
         prompts = list(rows["prompt"])
         ptok, pmask = tokenize_prompts(tok, prompts, P)
         ts = time.time()
-        ro = sampling.sample(graphdef, state.params, *place.to_global((ptok, pmask), B),
+        ro = _sample(graphdef, state.params, *place.to_global((ptok, pmask), B),
                              jax.random.fold_in(key, rounds), sample_settings)
         if ref_params is not None and filt_fn is None:
           # Dispatched now, computed while the host scores.
@@ -244,6 +255,10 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
         short = place.gather(np.asarray([len(kept) < Bl]))
         if filt_fn is None or not short.any() or rounds > cfg.filter.max_rounds:
           break
+      if place.multi:  # scorer counts of all processes
+        names = sorted(score_m)
+        tot = place.sum_over_processes(np.asarray([score_m[k] for k in names], np.float32))
+        score_m = dict(zip(names, tot.tolist()))
       n_kept = min(len(kept), Bl)
       groups = (kept + dropped)[:Bl]
       local = {k: np.concatenate([g[0][k] for g in groups]) for k in _RO_FIELDS}
@@ -330,9 +345,12 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
   if progress is not None:
     progress.close()
   writer.close()
+  export = cfg.train.export_hf and not stop.requested
+  # Every process takes part in gathering the sharded params; process 0 writes.
+  host_params = place.fetch(state.params) if export else None
   if main and not stop.requested:
-    if cfg.train.export_hf:
-      hf_io.save_hf(os.path.join(workdir, "hf"), policy.cfg, jax.device_get(state.params), tokenizer=tok)
+    if export:
+      hf_io.save_hf(os.path.join(workdir, "hf"), policy.cfg, host_params, tokenizer=tok)
     keys = ([f"reward/{n}/mean" for n in scorer.names] + [f"eval/{n}" for n in scorer.names]
             + ["completion/length_mean", "loss/loss"])
     plot_curves(read_jsonl(writer.path), keys, os.path.join(workdir, "rewards.png"),

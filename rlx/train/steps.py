@@ -44,11 +44,9 @@ def make_logprobs_fn(graphdef, prompt_len: int, temperature: float, chunk: int):
   return jax.jit(fn)
 
 
-def make_update_fn(graphdef, tx: optax.GradientTransformation, terms: Mapping[str, Any], *,
-                   prompt_len: int, temperature: float, chunk: int, detached_old: bool,
-                   max_len: int, num_groups: int | None = None):
-  """One optimizer update on a minibatch. Skips (keeps the state) if the loss
-  or the gradient is not finite, and counts it in `state.skipped`."""
+def make_loss_fn(graphdef, terms: Mapping[str, Any], *, prompt_len: int, temperature: float,
+                 chunk: int, detached_old: bool, max_len: int, num_groups: int | None = None):
+  """loss_fn(params, batch) -> (loss, metrics) of the configured loss terms (not jitted)."""
   terms = {k: dict(v) for k, v in terms.items()}
 
   def loss_fn(params, batch):
@@ -63,6 +61,23 @@ def make_update_fn(graphdef, tx: optax.GradientTransformation, terms: Mapping[st
     loss, metrics = losses.total_loss(terms, inputs)
     return loss, metrics
 
+  return loss_fn
+
+
+def make_update_fn(graphdef, tx: optax.GradientTransformation, terms: Mapping[str, Any], *,
+                   prompt_len: int, temperature: float, chunk: int, detached_old: bool,
+                   max_len: int, num_groups: int | None = None, state_shardings: Any = None):
+  """One optimizer update on a minibatch. Skips (keeps the state) if the loss
+  or the gradient is not finite, and counts it in `state.skipped`.
+
+  `state_shardings` (a TrainState of shardings, e.g. the initial state's)
+  pins the new state to the same layout, so params and optimizer state keep
+  their shards from step to step (and the step compiles once).
+  """
+  loss_fn = make_loss_fn(graphdef, terms, prompt_len=prompt_len, temperature=temperature,
+                         chunk=chunk, detached_old=detached_old, max_len=max_len,
+                         num_groups=num_groups)
+
   def update(state: TrainState, batch):
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
     gnorm = optax.global_norm(grads)
@@ -74,6 +89,8 @@ def make_update_fn(graphdef, tx: optax.GradientTransformation, terms: Mapping[st
     new_state = TrainState(step=state.step + 1, params=pick(new_params, state.params),
                            opt_state=pick(new_opt, state.opt_state),
                            skipped=state.skipped + (~ok).astype(jnp.int32))
+    if state_shardings is not None:
+      new_state = jax.lax.with_sharding_constraint(new_state, state_shardings)
     metrics = dict(metrics, loss=loss, grad_norm=gnorm, skipped=(~ok).astype(jnp.float32))
     return new_state, metrics
 

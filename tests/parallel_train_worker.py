@@ -1,0 +1,213 @@
+"""Subprocess side of tests/test_parallel_train.py (run as a script).
+
+    python tests/parallel_train_worker.py pieces OUT.json DATA.jsonl
+        8 simulated devices: one RL step (sample + update) with params and
+        batch sharded on a 2x2x2 (data, fsdp, tensor) mesh vs a 1-device mesh.
+    python tests/parallel_train_worker.py cli PROBE.json -- [rlx.main flags]
+        `python -m rlx.main ...`, recording in PROBE.json (one file per
+        process: PROBE.json.<process_index>) the mesh and the shard shapes of
+        the policy params the update step sees.
+
+XLA_FLAGS (device count), JAX_PLATFORMS and the RLX_* multi-process variables
+come from the parent's environment.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+TINY_RL = os.path.join(ROOT, "tests", "configs", "tiny_rl.py")
+
+
+def get_config(arg=None):
+  """tests/configs/tiny_rl.py with 4 prompts a step and rewards that do not
+  depend on a completion's position in the batch (tiny_rl's `test/flaky` does,
+  so it would change with the number of processes)."""
+  from rlx.rewards.registry import REWARD_FNS  # pylint: disable=g-import-not-at-top
+  from rlx.train.config import load_config  # pylint: disable=g-import-not-at-top
+
+  @REWARD_FNS.register("test/flaky_text", overwrite=True)
+  def flaky_text(prompts, completions, **cols):
+    del prompts, cols
+    if any(len(c) % 3 == 0 for c in completions):
+      raise RuntimeError("flaky reward")  # the scorer retries one by one
+    return [float(len(c) % 5) / 4 for c in completions]
+
+  cfg = load_config(TINY_RL, arg)
+  cfg.rewards = {"correct": {"fn": "arith/correct", "weight": 1.0},
+                 "length": {"fn": "arith/length", "weight": 0.5},
+                 "flaky": {"fn": "test/flaky_text", "weight": 0.5}}
+  cfg.train.batch_prompts = 4
+  cfg.train.keep_checkpoints = 4
+  return cfg
+
+
+def _max_abs(a, b) -> float:
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  diffs = [float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+           if np.size(x) else 0.0 for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
+  return max(diffs) if diffs else 0.0
+
+
+def _shard_shapes(tree) -> dict[str, list]:
+  """Key path -> [global shape, shard shape on this process's first device]."""
+  import jax  # pylint: disable=g-import-not-at-top
+  out = {}
+  for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    name = "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                    for k in path)
+    shard = x.addressable_shards[0]
+    out[name] = [list(x.shape), list(shard.data.shape),
+                 len({s.device for s in x.addressable_shards})]
+  return out
+
+
+def pieces(out_path: str, data_path: str) -> None:
+  """Sharded (2x2x2) vs 1-device: sampled tokens, loss, grads, updated params."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from rlx.data import tokenize_prompts  # pylint: disable=g-import-not-at-top
+  from rlx.train import common, steps  # pylint: disable=g-import-not-at-top
+  from rlx.train.optim import make_optimizer  # pylint: disable=g-import-not-at-top
+  from rlx.train.placement import Placement  # pylint: disable=g-import-not-at-top
+  from rlx.train import rl  # pylint: disable=g-import-not-at-top
+
+  cfg = get_config(f"data={data_path}")
+  workdir = os.path.dirname(out_path)
+  policy = common.load_policy(cfg, workdir)
+  tok, graphdef = policy.tokenizer, policy.graphdef
+  init_params = jax.device_get(policy.params)  # host copy (device buffers get donated)
+  rows = common.load_rows(cfg, "train", cfg.data.num_train)[:cfg.train.batch_prompts]
+  B, G = cfg.train.batch_prompts, cfg.sampling.group_size
+  N, P = B * G, cfg.data.max_prompt_len
+  ptok, pmask = tokenize_prompts(tok, [r["prompt"] for r in rows], P)
+  settings = rl._settings(cfg, eval_mode=False, tokenizer=tok)
+  tx = make_optimizer(cfg.optim, 10)
+  update_fn = steps.make_update_fn(graphdef, tx, cfg.loss.terms, prompt_len=P,
+                                   temperature=cfg.sampling.temperature, chunk=0,
+                                   detached_old=True, max_len=cfg.sampling.max_new_tokens,
+                                   num_groups=B)
+  loss_fn = steps.make_loss_fn(graphdef, cfg.loss.terms, prompt_len=P,
+                               temperature=cfg.sampling.temperature, chunk=0, detached_old=True,
+                               max_len=cfg.sampling.max_new_tokens, num_groups=B)
+  loss_grad = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+  key = jax.random.PRNGKey(7)
+  rng = np.random.default_rng(0)
+  adv = rng.standard_normal(N).astype(np.float32)
+  ref_shift = (0.05 * rng.standard_normal((N, cfg.sampling.max_new_tokens))).astype(np.float32)
+
+  results = {}
+  for name, axes, devices in (("one", {"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]),
+                              ("mesh", {"data": 2, "fsdp": 2, "tensor": 2}, None)):
+    cfg.mesh.axes = axes
+    place = Placement(cfg, devices=devices)
+    p_sh = place.param_shardings(policy.params)
+    params = place.put_params(init_params, p_sh)
+    state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                             opt_state=place.init_opt_state(tx, params, p_sh),
+                             skipped=jnp.zeros((), jnp.int32))
+    ro = rl._sample(graphdef, params, *place.to_global((ptok, pmask), B), key, settings)
+    ro_np = place.to_local(ro)
+    local = {k: getattr(ro_np, k) for k in ("prompt_tokens", "prompt_mask", "completion_tokens",
+                                            "completion_mask", "sample_logprobs",
+                                            "completion_lengths")}
+    local.update(adv=adv, ref=local["sample_logprobs"] + ref_shift)
+    g = place.to_global(local, N)
+    cmask = g["completion_mask"]
+    batch = dict(tokens=jnp.concatenate([g["prompt_tokens"], g["completion_tokens"]], 1),
+                 attn_mask=jnp.concatenate([g["prompt_mask"], cmask], 1),
+                 loss_mask=cmask.astype(jnp.float32), adv=g["adv"],
+                 old_logp=jnp.zeros(cmask.shape, jnp.float32), sample_logp=g["sample_logprobs"],
+                 ref_logp=g["ref"], correct=g["completion_lengths"] > 6,
+                 group=jnp.repeat(jnp.arange(B, dtype=jnp.int32), G),
+                 lengths=g["completion_lengths"])
+    (loss, _), grads = loss_grad(state.params, batch)
+    new_state, metrics = update_fn(state, batch)
+    new_state, metrics2 = update_fn(new_state, batch)  # a second update: Adam moments used
+    results[name] = dict(
+        tokens=np.asarray(ro_np.completion_tokens), lengths=np.asarray(ro_np.completion_lengths),
+        sample_logp=np.asarray(ro_np.sample_logprobs), loss=np.asarray(loss),
+        grads=jax.device_get(grads), params=jax.device_get(new_state.params),
+        metrics=jax.device_get(metrics), metrics2=jax.device_get(metrics2),
+        shards=_shard_shapes(new_state.params),
+        grad_shards=_shard_shapes(grads),
+        mesh=dict(place.mesh.shape))
+  one, mesh = results["one"], results["mesh"]
+  out = {
+      "mesh": mesh["mesh"], "one_mesh": one["mesh"],
+      "tokens_equal": bool((one["tokens"] == mesh["tokens"]).all()),
+      "lengths": one["lengths"].tolist(),
+      "sample_logp_diff": _max_abs(one["sample_logp"], mesh["sample_logp"]),
+      "loss": float(one["loss"]), "loss_diff": _max_abs(one["loss"], mesh["loss"]),
+      "grad_diff": _max_abs(one["grads"], mesh["grads"]),
+      "grad_max": _max_abs(one["grads"], jax.tree.map(np.zeros_like, one["grads"])),
+      "param_diff": _max_abs(one["params"], mesh["params"]),
+      "param_change": _max_abs(one["params"], init_params),
+      "metrics_diff": _max_abs(one["metrics"], mesh["metrics"]),
+      "metrics2_diff": _max_abs(one["metrics2"], mesh["metrics2"]),
+      "grad_norm": float(one["metrics"]["grad_norm"]),
+      "shards": mesh["shards"], "grad_shards": mesh["grad_shards"],
+  }
+  with open(out_path, "w") as f:
+    json.dump(out, f)
+
+
+def install_probe(probe_path: str) -> None:
+  """Wraps steps.make_update_fn: the first update of each process writes the
+  mesh and the shard shapes of the state and batch it gets to PROBE.<process>."""
+  from rlx.train import steps  # pylint: disable=g-import-not-at-top
+  make = steps.make_update_fn
+
+  def probed_make(*args, **kwargs):
+    fn = make(*args, **kwargs)
+
+    def probed(state, batch):
+      import jax  # pylint: disable=g-import-not-at-top
+      path = f"{probe_path}.{jax.process_index()}"
+      if not os.path.exists(path):
+        mesh = next(iter(jax.tree.leaves(state.params))).sharding.mesh
+        info = {"params": _shard_shapes(state.params),
+                "opt_state": _shard_shapes(state.opt_state),
+                "batch_tokens": _shard_shapes({"t": batch["tokens"]})["t"],
+                "mesh": dict(mesh.shape), "process_count": jax.process_count(),
+                "local_devices": jax.local_device_count()}
+        new_state, metrics = fn(state, batch)
+        info["new_params"] = _shard_shapes(new_state.params)
+        with open(path, "w") as f:
+          json.dump(info, f)
+        return new_state, metrics
+      return fn(state, batch)
+
+    return probed
+
+  steps.make_update_fn = probed_make
+
+
+def cli(probe_path: str, argv: list[str]) -> None:
+  """`python -m rlx.main ARGV` with the probe installed."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from rlx import main as rlx_main  # pylint: disable=g-import-not-at-top
+  install_probe(probe_path)
+  app.run(rlx_main.main, argv=["rlx.main"] + argv)
+
+
+if __name__ == "__main__":
+  if sys.argv[1] == "pieces":
+    pieces(sys.argv[2], sys.argv[3])  # pylint: disable=protected-access
+    # Then the trainer itself on the 2x2x2 mesh (reuses the sampler's compilation).
+    from rlx.train.rl import train_rl  # pylint: disable=g-import-not-at-top
+    install_probe(sys.argv[4] + ".probe")
+    _cfg = get_config(f"data={sys.argv[3]},steps=2")
+    _cfg.mesh.axes = {"data": 2, "fsdp": 2, "tensor": 2}
+    train_rl(_cfg, sys.argv[4])
+  elif sys.argv[1] == "cli":
+    assert sys.argv[3] == "--"
+    cli(sys.argv[2], sys.argv[4:])
+  else:
+    raise SystemExit(f"unknown mode {sys.argv[1]!r}; valid: pieces, cli")
