@@ -20,7 +20,7 @@ _OPTIONS = {
 
 def get_config(arg: str | None = None):
   a = parse_arg(arg, dict(task="toolcall", estimator="gdpo", seed=0, steps=150,
-                          sft_steps=600, group_size=8, batch_prompts=16))
+                          sft_steps=600, sft_batch=32, group_size=8, batch_prompts=16))
   c = base_config()
   c.seed = a["seed"]
   c.model.init = "sft"
@@ -40,4 +40,5 @@ def get_config(arg: str | None = None):
   c.loss.terms = {"pg": {"clip_low": 0.2, "clip_high": 0.2, "aggregation": "token_mean"},
                   "kl": {"coef": 0.01, "estimator": "k3"}}
   c.sft.steps = a["sft_steps"]
+  c.sft.batch_size = a["sft_batch"]
   return c

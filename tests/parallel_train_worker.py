@@ -89,10 +89,6 @@ def pieces(out_path: str, data_path: str) -> None:
   ptok, pmask = tokenize_prompts(tok, [r["prompt"] for r in rows], P)
   settings = rl._settings(cfg, eval_mode=False, tokenizer=tok)
   tx = make_optimizer(cfg.optim, 10)
-  update_fn = steps.make_update_fn(graphdef, tx, cfg.loss.terms, prompt_len=P,
-                                   temperature=cfg.sampling.temperature, chunk=0,
-                                   detached_old=True, max_len=cfg.sampling.max_new_tokens,
-                                   num_groups=B)
   loss_fn = steps.make_loss_fn(graphdef, cfg.loss.terms, prompt_len=P,
                                temperature=cfg.sampling.temperature, chunk=0, detached_old=True,
                                max_len=cfg.sampling.max_new_tokens, num_groups=B)
@@ -109,9 +105,14 @@ def pieces(out_path: str, data_path: str) -> None:
     place = Placement(cfg, devices=devices)
     p_sh = place.param_shardings(policy.params)
     params = place.put_params(init_params, p_sh)
-    state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+    state = steps.TrainState(step=place.replicated(np.zeros((), np.int32)), params=params,
                              opt_state=place.init_opt_state(tx, params, p_sh),
-                             skipped=jnp.zeros((), jnp.int32))
+                             skipped=place.replicated(np.zeros((), np.int32)))
+    # As in train_rl: the state keeps its layout, so the step compiles once.
+    update_fn = steps.make_update_fn(
+        graphdef, tx, cfg.loss.terms, prompt_len=P, temperature=cfg.sampling.temperature,
+        chunk=0, detached_old=True, max_len=cfg.sampling.max_new_tokens, num_groups=B,
+        state_shardings=jax.tree.map(lambda x: x.sharding, state))
     ro = rl._sample(graphdef, params, *place.to_global((ptok, pmask), B), key, settings)
     ro_np = place.to_local(ro)
     local = {k: getattr(ro_np, k) for k in ("prompt_tokens", "prompt_mask", "completion_tokens",
@@ -156,6 +157,46 @@ def pieces(out_path: str, data_path: str) -> None:
   }
   with open(out_path, "w") as f:
     json.dump(out, f)
+
+
+def placement(out_path: str) -> None:
+  """Placement's host <-> global conversions in a multi-process run, on a mesh
+  whose batch axes span the processes and on one where every process holds
+  every row (tensor parallelism across processes)."""
+  from rlx import parallel  # pylint: disable=g-import-not-at-top
+  parallel.maybe_initialize()
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import ml_collections as mlc  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from rlx.train.placement import Placement  # pylint: disable=g-import-not-at-top
+
+  rows = 8
+  x = np.arange(rows * 3, dtype=np.float32).reshape(rows, 3)
+  w = np.arange(4 * 8, dtype=np.float32).reshape(4, 8)
+  out = {"process": jax.process_index()}
+  for name, axes in (("split", {"data": 2, "fsdp": 1, "tensor": 2}),
+                     ("replicated_rows", {"data": 1, "fsdp": 1, "tensor": 4})):
+    cfg = mlc.ConfigDict({"mesh": {"axes": axes, "rules": ()}})
+    place = Placement(cfg)
+    mine = place.local_rows(rows)
+    g = place.to_global({"x": x[mine]}, rows)["x"]
+    doubled = jax.jit(lambda a: 2 * a)(g)
+    w_g = place.put_params({"w": w}, {"w": jax.sharding.NamedSharding(
+        place.mesh, jax.sharding.PartitionSpec(None, "tensor"))})["w"]
+    out[name] = {
+        "rows": [mine.start, mine.stop],
+        "sum": float(jax.jit(jnp.sum)(g)),
+        "to_local": place.to_local(doubled).tolist(),
+        "gather": place.gather(x[mine][:, 0]).tolist(),
+        "count": float(place.sum_over_processes(np.float32(mine.stop - mine.start))),
+        "fetch": place.fetch(w_g).tolist(),
+        "w_shard_cols": w_g.addressable_shards[0].data.shape[1],
+        "replicated": place.replicated(np.int32(5)).sharding.is_fully_replicated,
+    }
+  with open(f"{out_path}.{jax.process_index()}", "w") as f:
+    json.dump(out, f)
+  jax.distributed.shutdown()
 
 
 def install_probe(probe_path: str) -> None:
@@ -206,8 +247,10 @@ if __name__ == "__main__":
     _cfg = get_config(f"data={sys.argv[3]},steps=2")
     _cfg.mesh.axes = {"data": 2, "fsdp": 2, "tensor": 2}
     train_rl(_cfg, sys.argv[4])
+  elif sys.argv[1] == "placement":
+    placement(sys.argv[2])
   elif sys.argv[1] == "cli":
     assert sys.argv[3] == "--"
     cli(sys.argv[2], sys.argv[4:])
   else:
-    raise SystemExit(f"unknown mode {sys.argv[1]!r}; valid: pieces, cli")
+    raise SystemExit(f"unknown mode {sys.argv[1]!r}; valid: pieces, placement, cli")

@@ -235,3 +235,24 @@ def test_errors(tmp_path):
   cfg = ModelConfig.from_hf(hf).replace(qk_norm=True)
   with pytest.raises(ValueError, match="q/k norm exists in qwen3 only"):
     save_hf(tmp_path / "x", cfg, abstract_model(cfg)[1])
+
+
+def test_tokenizer_of_a_qwen2_dir_keeps_its_own_encoding(tmp_path):
+  """transformers 5 maps model_type qwen2 to Qwen2Tokenizer, whose rebuilt
+  pre-tokenizer drops spaces/newlines of rlx's char tokenizer: load_tokenizer
+  must return the directory's own encoding."""
+  from rlx.data.tokenizer import make_char_tokenizer
+  from rlx.models import ModelConfig, init_model
+  from rlx.models.hf_io import load_tokenizer, save_hf
+  tok = make_char_tokenizer()
+  cfg = ModelConfig.from_hf(dict(
+      model_type="qwen2", architectures=["Qwen2ForCausalLM"], vocab_size=len(tok),
+      hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+      num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True))
+  _, params = init_model(cfg, __import__("jax").random.PRNGKey(0))
+  save_hf(tmp_path, cfg, params, tokenizer=tok)
+  loaded = load_tokenizer(tmp_path)
+  text = "Tools: f(x:int)\nUser: add 12 and 7\tplease\nCall:\n"
+  assert loaded(text)["input_ids"] == tok(text)["input_ids"]
+  assert loaded.decode(loaded(text, add_special_tokens=False)["input_ids"]) == text
+  assert (loaded.pad_token_id, loaded.eos_token_id) == (tok.pad_token_id, tok.eos_token_id)

@@ -57,7 +57,9 @@ def uninterrupted(tmp_path_factory, data_file):
 
 def test_run_writes_metrics_checkpoints_and_export(uninterrupted):
   rows = _metrics(uninterrupted)
-  assert [r["step"] for r in rows] == [1, 2, 3, 4]
+  assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
+  assert set(rows[0]) == {"step", "eval/correct", "eval/length", "eval/flaky"}  # initial policy
+  rows = rows[1:]
   for r in rows:
     assert 0.0 <= r["reward/correct/mean"] <= 1.0
     assert r["completion/length_mean"] <= 12
@@ -79,7 +81,7 @@ def test_sigkill_and_resume_gives_identical_metrics(uninterrupted, data_file, tm
   path = os.path.join(wd, "metrics.jsonl")
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:
-    if os.path.exists(path) and len(open(path).read().splitlines()) >= 2:
+    if os.path.exists(path) and len(open(path).read().splitlines()) >= 3:
       break
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)

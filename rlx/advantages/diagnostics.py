@@ -76,20 +76,20 @@ def group_reward_stats(rewards_NK: Array, mask_NK: Array, group_ids_N: Array,
 
 
 def sample_groups(group_ids_N: Array, valid_N: Array, num_groups: int,
-                  max_rows: int | None) -> tuple[Array, Array, int]:
+                  max_rows: int | None) -> tuple[slice, Array, int]:
   """Rows used by the group-level diagnostics: all rows if N <= max_rows (or
   max_rows is None), else the first max_rows rows (a static slice, so the
   cost does not grow with N), keeping only groups whose valid members all lie
-  in the slice. Returns (row index [M], row mask [M], number of group ids)."""
+  in the slice. Returns (row slice, row mask [M], number of group ids)."""
   n = group_ids_N.shape[0]
   if max_rows is None or n <= max_rows:
-    return jnp.arange(n), valid_N, num_groups
-  idx = jnp.arange(max_rows)
-  gid = group_ids_N[:max_rows]
-  v = valid_N[:max_rows]
+    return slice(None), valid_N, num_groups
+  rows = slice(0, max_rows)
+  gid = group_ids_N[rows]
+  v = valid_N[rows]
   full = jax.ops.segment_sum(valid_N.astype(jnp.int32), group_ids_N, num_groups)
   got = jax.ops.segment_sum(v.astype(jnp.int32), gid, num_groups)
-  return idx, v & (got == full)[gid], num_groups
+  return rows, v & (got == full)[gid], num_groups
 
 
 def reward_diagnostics(inputs: AdvantageInputs, num_groups: int,

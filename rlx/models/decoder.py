@@ -180,16 +180,16 @@ def _layer(cfg: ModelConfig, x_BTE, lp, sin, cos, mask_BTS, cache=None, layer=No
   S = k_all.shape[1]
   # Batched matmuls with leading batch dims (b, k): queries of the G heads that
   # share a KV head are stacked along the query axis.
+  q = q * jnp.asarray(D ** -0.5, q.dtype)  # scale the (smaller) queries, not the scores
   q_BKQD = q.reshape(B, T, K, G, D).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, D)
   k_BKSD = k_all.transpose(0, 2, 1, 3)
   v_BKSD = v_all.transpose(0, 2, 1, 3)
   scores = jnp.einsum("bkqd,bksd->bkqs", q_BKQD, k_BKSD, preferred_element_type=jnp.float32)
-  scores = (scores * (D ** -0.5)).reshape(B, K, G, T, S)
-  m = mask_BTS[:, None, None]
-  scores = jnp.where(m, scores, _NEG_INF)
-  # Softmax over allowed keys; a fully masked row (padding query) gets zero weights.
-  e = jnp.where(m, jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True)), 0.0)
-  probs = (e / jnp.maximum(jnp.sum(e, axis=-1, keepdims=True), 1e-30)).astype(dt)
+  # Additive mask, then softmax (its custom JVP keeps the backward to few passes
+  # over the [B, K, G, T, S] scores). A fully masked row (a padding query) gets
+  # uniform weights: finite, and ignored downstream.
+  bias_B11TS = jnp.where(mask_BTS, 0.0, _NEG_INF).astype(jnp.float32)[:, None, None]
+  probs = jax.nn.softmax(scores.reshape(B, K, G, T, S) + bias_B11TS, axis=-1).astype(dt)
   attn = jnp.einsum("bkqs,bksd->bkqd", probs.reshape(B, K, G * T, S), v_BKSD)
   attn = attn.reshape(B, K, G, T, D).transpose(0, 3, 1, 2, 4).reshape(B * T, H * D)
   out = (attn @ w("o").reshape(H * D, E)).reshape(B, T, E)

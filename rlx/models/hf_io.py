@@ -215,6 +215,36 @@ def _to_device(buf: np.ndarray, axes: tuple, sharding_fn) -> jax.Array:
   return jax.make_array_from_callback(buf.shape, sharding, lambda idx: buf[idx])
 
 
+_PROBE = "Tools: f(x:int)\nUser: What is 12+345?\tCall:\n<call>{\"a\": 1}</call> Ünï"
+
+
+def _faithful_tokenizer(tok, path: Path):
+  """The directory's own tokenizer.json when AutoTokenizer encodes differently.
+
+  transformers 5 picks the tokenizer class from config.json's model_type; for
+  qwen2 that class rebuilds the pre-tokenizer, which breaks non-Qwen
+  vocabularies (e.g. rlx's character tokenizer loses spaces and newlines).
+  The saved tokenizer.json is what the model was trained with.
+  """
+  f = path / "tokenizer.json"
+  if not f.exists():
+    return tok
+  from tokenizers import Tokenizer
+  from transformers import PreTrainedTokenizerFast
+  raw = Tokenizer.from_file(str(f))
+  if tok(_PROBE, add_special_tokens=False)["input_ids"] == raw.encode(_PROBE, add_special_tokens=False).ids:
+    return tok
+  cfg_file = path / "tokenizer_config.json"
+  kw = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
+  special = {k: kw[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token")
+             if isinstance(kw.get(k), str)}
+  fast = PreTrainedTokenizerFast(tokenizer_file=str(f), **special)
+  fast.padding_side = kw.get("padding_side", "left")
+  if getattr(tok, "chat_template", None):
+    fast.chat_template = tok.chat_template
+  return fast
+
+
 def load_tokenizer(path: str | os.PathLike, cfg: ModelConfig | None = None):
   """AutoTokenizer from a local dir; checks len(tokenizer) <= model vocab_size.
 
@@ -224,6 +254,7 @@ def load_tokenizer(path: str | os.PathLike, cfg: ModelConfig | None = None):
 
   path = Path(path)
   tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+  tok = _faithful_tokenizer(tok, path)
   vocab = cfg.vocab_size if cfg is not None else None
   if vocab is None and (path / "config.json").exists():
     vocab = json.loads((path / "config.json").read_text()).get("vocab_size")

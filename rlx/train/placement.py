@@ -19,8 +19,19 @@ from rlx import parallel
 class Placement:
 
   def __init__(self, cfg, devices: Any = None):
-    """Mesh from `cfg.mesh` over `devices` (default: all devices of all processes)."""
-    self.mesh = parallel.mesh_from_config(cfg, devices)
+    """Mesh from `cfg.mesh` over `devices` (default: all devices of all processes).
+
+    Raises ValueError naming `config.mesh.axes` / `config.mesh.dcn_axes` when
+    the mesh does not fit the devices.
+    """
+    try:
+      self.mesh = parallel.mesh_from_config(cfg, devices)
+    except ValueError as e:
+      n = len(devices) if devices is not None else jax.device_count()
+      msg = str(e)
+      msg = (f"config.{msg}" if msg.startswith("mesh.") else f"config.mesh: {msg}").rstrip(".")
+      raise ValueError(f"{msg}; this run has {n} devices in {jax.process_count()} "
+                       "process(es).") from None
     self.rules = parallel.rules_from_config(cfg)
     self.multi = jax.process_count() > 1
 
