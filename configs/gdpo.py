@@ -34,6 +34,11 @@ def get_config(arg: str | None = None):
   c.train.batch_prompts = a["batch_prompts"]
   c.train.steps = a["steps"]
   c.train.eval_every = 25
+  # Held-out rewards of the sampling policy (T=1), as RL optimizes it; greedy
+  # decoding of the SFT model is already near the ceiling on format.
+  c.eval.temperature = 1.0
+  c.data.num_eval = 256
+  c.eval.batch_prompts = 128
   c.train.ckpt_every = 25
   c.optim.lr = 1e-4
   c.optim.warmup_steps = 5
