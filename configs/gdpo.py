@@ -10,7 +10,7 @@ from rlx.train.config import base_config, parse_arg, task_rewards
 
 # Estimator options used by the GDPO paper's comparisons.
 # Static prompt / completion buckets per task (characters = tokens here).
-_LENGTHS = {"toolcall": (176, 80), "arith": (40, 48), "code": (136, 64)}
+_LENGTHS = {"toolcall": (176, 80), "arith": (40, 48), "code": (192, 64)}
 
 _OPTIONS = {
     "gdpo": {"eps": 1e-4},

@@ -108,7 +108,7 @@ def evaluate(cfg, graphdef, params, tokenizer, scorer: Scorer, rows: list[dict],
   r = np.concatenate(rewards)
   ln = np.concatenate(lengths)
   m = {f"eval/{n}": float(np.nanmean(r[:, j])) for j, n in enumerate(scorer.names)}
-  m["eval/length"] = float(ln[ln >= 0].mean())
+  m["eval/completion_length"] = float(ln[ln >= 0].mean())
   return m
 
 
@@ -356,7 +356,7 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
     if export:
       hf_io.save_hf(os.path.join(workdir, "hf"), policy.cfg, host_params, tokenizer=tok)
     keys = ([f"reward/{n}/mean" for n in scorer.names] + [f"eval/{n}" for n in scorer.names]
-            + ["completion/length_mean", "loss/loss"])
+            + ["completion/length_mean", "loss"])
     plot_curves(read_jsonl(writer.path), keys, os.path.join(workdir, "rewards.png"),
                 title=f"{cfg.advantage.estimator} on {cfg.data.task}")
   logging.info("RL finished in %.1f s", time.time() - t_run)
