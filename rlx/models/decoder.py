@@ -291,22 +291,17 @@ def init_model(cfg: ModelConfig, key: jax.Array) -> tuple[nnx.GraphDef, nnx.Stat
 
 @functools.partial(jax.jit, static_argnums=0)
 def _jit_init(cfg: ModelConfig, key: jax.Array) -> nnx.State:
-  # One normal draw sliced into all weight matrices: a single RNG kernel keeps
-  # XLA compile time low (one per-param draw costs seconds on CPU).
+  # One normal draw per (stacked) parameter: under jit with sharded outputs
+  # each device only materializes its own shards (no full-size scratch).
   _, params = abstract_model(cfg)
   specs = param_specs(cfg)
   flat = [(("layers", k), v) for k, v in specs["layers"].items()]
   flat += [((k,), v) for k, v in specs.items() if k != "layers"]
-  sizes = [int(np.prod(shape)) for _, (shape, _, init) in flat if init == "normal"]
-  z = 0.02 * jax.random.normal(key, (sum(sizes),), jnp.float32)
   pd = cfg.params_dtype
   pure: dict[str, Any] = {"layers": {}}
-  offset = 0
-  for path, (shape, _, init) in flat:
+  for i, (path, (shape, _, init)) in enumerate(flat):
     if init == "normal":
-      n = int(np.prod(shape))
-      value = z[offset:offset + n].reshape(shape).astype(pd)
-      offset += n
+      value = (0.02 * jax.random.normal(jax.random.fold_in(key, i), shape, jnp.float32)).astype(pd)
     else:
       value = _init_value(None, shape, init, pd)
     if path[0] == "layers":

@@ -175,7 +175,7 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
     it.set_state(data_state)
     logging.info("Resumed from step %d in %s", start, workdir)
   writer = MetricsWriter(workdir, enabled=main)
-  writer.truncate_after(start)
+  writer.truncate_after(start if start > 0 else -1)  # rows after the checkpoint are redone
 
   # ---- the jitted stages ------------------------------------------------------
   sample_settings = _settings(cfg, eval_mode=False, tokenizer=tok)
