@@ -81,6 +81,8 @@ def main() -> None:
   c.advantage.estimator = "grpo"
   c.loss.terms = {"pg": {"clip_low": 0.2, "clip_high": 0.2}, "kl": {"coef": 0.04, "estimator": "k3"}}
   c.optim.lr, c.optim.clip_norm = 1e-6, 1.0
+  c.model.logprob_chunk = 32
+  c.model.remat = os.environ.get("RLX_BENCH_REMAT", "full")
   c.train.batch_prompts, c.train.steps = 8, args.warmup + args.steps
   c.train.eval_every = c.train.ckpt_every = 0
   c.train.export_hf = c.train.progress = False

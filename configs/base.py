@@ -26,7 +26,10 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
       num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
       max_position_embeddings=256, rope_theta=10000.0,
       tie_word_embeddings=True, rms_norm_eps=1e-6))
-  c.model.logprob_chunk = 0  # tokens per chunk in log-prob computation; 0: whole sequence
+  c.model.logprob_chunk = 0  # tokens per chunk in log-prob computation; 0: default (128)
+  # Recompute layers in the backward pass: "none", "full" (least memory) or
+  # "dots" (keeps the matmul outputs).
+  c.model.remat = "none"
 
   # Reference model for the KL term: the initial policy, or another checkpoint.
   c.ref = mlc.ConfigDict()

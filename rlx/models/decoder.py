@@ -204,6 +204,17 @@ def _layer(cfg: ModelConfig, x_BTE, lp, sin, cos, mask_BTS, cache=None, layer=No
   return x_BTE, cache
 
 
+def remat_policy(remat: bool | str):
+  """jax.checkpoint policy for `remat`: True / "full" recomputes the whole layer
+  in the backward pass (least memory); "dots" keeps the outputs of the weight
+  matmuls and recomputes only elementwise work and attention."""
+  if remat is True or remat == "full":
+    return None
+  if remat == "dots":
+    return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+  raise ValueError(f"remat={remat!r}; valid: 'none', 'full', 'dots' (or a bool).")
+
+
 class Decoder(nnx.Module):
   """Decoder-only LM (or reward model, see ModelConfig.is_reward_model)."""
 
@@ -256,13 +267,14 @@ class Decoder(nnx.Module):
     mask_BTS = (jnp.arange(S)[None, :] <= q_slot_T[:, None])[None] & kv_mask_BS[:, None, :]
     lps = {k: v[...] for k, v in nnx.state(self.layers, nnx.Param).items()}
     remat = cfg.remat if remat is None else remat
+    remat = False if remat == "none" else remat
 
     if cache is None:
       def body(x, lp):
         x, _ = _layer(cfg, x, lp, sin, cos, mask_BTS)
         return x, None
       if remat:
-        body = jax.checkpoint(body, prevent_cse=False)
+        body = jax.checkpoint(body, prevent_cse=False, policy=remat_policy(remat))
       x, _ = jax.lax.scan(body, x, lps)
       new_cache = None
     else:

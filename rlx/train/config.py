@@ -112,6 +112,8 @@ def validate(cfg: mlc.ConfigDict) -> None:
   if cfg.model.init == "checkpoint" and not cfg.model.checkpoint:
     raise ValueError("config.model.init='checkpoint' needs config.model.checkpoint "
                      "(a local Hugging Face directory).")
+  if cfg.model.remat not in ("none", "full", "dots"):
+    raise ValueError(f"config.model.remat={cfg.model.remat!r}; valid: none, full, dots.")
   if cfg.ref.source not in ("initial", "checkpoint", "none"):
     raise ValueError(f"config.ref.source={cfg.ref.source!r}; valid: initial, checkpoint, none.")
   if cfg.ref.source == "checkpoint" and not cfg.ref.checkpoint:

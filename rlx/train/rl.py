@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import time
 from typing import Any
@@ -189,7 +190,8 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
   update_fn = steps.make_update_fn(graphdef, tx, cfg.loss.terms, prompt_len=P,
                                    temperature=cfg.sampling.temperature, chunk=chunk,
                                    detached_old=detached_old, max_len=C, num_groups=B,
-                                   state_shardings=state_sh)
+                                   state_shardings=state_sh,
+                                   remat=False if cfg.model.remat == "none" else cfg.model.remat)
   est_name, est_opts = cfg.advantage.estimator, dict(cfg.advantage.options)
 
   def make_inputs(rewards, valid, lengths=None):
@@ -328,6 +330,7 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
       m["filter/rounds"] = float(rounds)
       m["time/sample_s"], m["time/score_s"], m["time/update_s"] = t_sample, t_score, t_update
       m["time/step_s"] = time.time() - t0
+      m["memory/peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
       m["throughput/tokens_per_s"] = float(lengths.sum() * rounds) / max(t_sample, 1e-9)
       done = step + 1 == cfg.train.steps
       if cfg.train.eval_every and ((step + 1) % cfg.train.eval_every == 0 or done):

@@ -29,9 +29,9 @@ class TrainState:
 
 
 def completion_logprobs(graphdef, params, tokens, attn_mask, prompt_len: int,
-                        temperature: float = 1.0, chunk: int = 0):
+                        temperature: float = 1.0, chunk: int = 0, remat: bool | str = False):
   """Log-probs and entropies of the completion tokens (positions >= prompt_len)."""
-  kw = {"temperature": temperature}
+  kw = {"temperature": temperature, "remat": remat}
   if chunk:
     kw["chunk_size"] = chunk
   logp, ent = token_logprobs(graphdef, params, tokens, attn_mask, **kw)
@@ -45,13 +45,14 @@ def make_logprobs_fn(graphdef, prompt_len: int, temperature: float, chunk: int):
 
 
 def make_loss_fn(graphdef, terms: Mapping[str, Any], *, prompt_len: int, temperature: float,
-                 chunk: int, detached_old: bool, max_len: int, num_groups: int | None = None):
+                 chunk: int, detached_old: bool, max_len: int, num_groups: int | None = None,
+                 remat: bool | str = False):
   """loss_fn(params, batch) -> (loss, metrics) of the configured loss terms (not jitted)."""
   terms = {k: dict(v) for k, v in terms.items()}
 
   def loss_fn(params, batch):
     logp, ent = completion_logprobs(graphdef, params, batch["tokens"], batch["attn_mask"],
-                                    prompt_len, temperature, chunk)
+                                    prompt_len, temperature, chunk, remat)
     inputs = losses.LossInputs(
         logp_NT=logp, mask_NT=batch["loss_mask"], advantages=batch["adv"],
         old_logp_NT=None if detached_old else batch["old_logp"],
@@ -66,6 +67,7 @@ def make_loss_fn(graphdef, terms: Mapping[str, Any], *, prompt_len: int, tempera
 
 def make_update_fn(graphdef, tx: optax.GradientTransformation, terms: Mapping[str, Any], *,
                    prompt_len: int, temperature: float, chunk: int, detached_old: bool,
+                   remat: bool | str = False,
                    max_len: int, num_groups: int | None = None, state_shardings: Any = None):
   """One optimizer update on a minibatch. Skips (keeps the state) if the loss
   or the gradient is not finite, and counts it in `state.skipped`.
@@ -76,7 +78,7 @@ def make_update_fn(graphdef, tx: optax.GradientTransformation, terms: Mapping[st
   """
   loss_fn = make_loss_fn(graphdef, terms, prompt_len=prompt_len, temperature=temperature,
                          chunk=chunk, detached_old=detached_old, max_len=max_len,
-                         num_groups=num_groups)
+                         num_groups=num_groups, remat=remat)
 
   def update(state: TrainState, batch):
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
