@@ -33,7 +33,7 @@ VIOLATIONS = {
 ESTIMATOR_ORDER = ("grpo", "dr_grpo", "gdpo", "bnpo")
 ESTIMATOR_LABEL = {"grpo": "GRPO", "dr_grpo": "GRPO w/o std (Dr. GRPO)", "gdpo": "GDPO",
                    "bnpo": "BNPO"}
-IGNORED_PREFIXES = ("time/", "throughput/")
+IGNORED_PREFIXES = ("time/", "throughput/", "memory/")
 
 
 # ----------------------------------------------------------------------------
