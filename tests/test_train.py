@@ -125,3 +125,67 @@ def test_bad_config_fails_before_compute(override, needle, data_file, tmp_path):
   assert p.returncode != 0
   assert needle in p.stderr
   assert not os.path.exists(tmp_path / "wd" / "checkpoints")
+
+
+def test_sigterm_saves_and_resume_matches(uninterrupted, data_file, tmp_path):
+  wd = str(tmp_path / "run_c")
+  proc = subprocess.Popen(_cmd(wd, data_file, "--config.train.ckpt_every=100"), env=_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  path = os.path.join(wd, "metrics.jsonl")
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.exists(path) and len(open(path).read().splitlines()) >= 2:
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-2000:]
+  from rlx.train.checkpoint import Checkpointer
+  ck = Checkpointer(os.path.join(wd, "checkpoints"))
+  saved = ck.latest_step()
+  ck.close()
+  assert saved is not None and 1 <= saved < 4  # saved on SIGTERM, before the end
+  p = subprocess.run(_cmd(wd, data_file, "--config.train.ckpt_every=100"), env=_env(),
+                     capture_output=True, text=True, timeout=600)
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert _metrics(wd) == _metrics(uninterrupted)
+
+
+def test_nan_loss_skips_the_update_and_counts_it():
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from rlx import models
+  from rlx.losses import LOSS_TERMS
+  from rlx.train import steps
+
+  @LOSS_TERMS.register("test_nan_if_negative_adv", overwrite=True)
+  def nan_term(inputs):
+    bad = jnp.any(inputs.advantages < 0)
+    return jnp.where(bad, jnp.nan, 0.0) + 0.0 * inputs.logp_NT.sum(), {}
+
+  cfg = models.ModelConfig.from_hf(dict(
+      model_type="qwen2", architectures=["Qwen2ForCausalLM"], vocab_size=32, hidden_size=16,
+      intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+      max_position_embeddings=32, tie_word_embeddings=True))
+  gd, params = models.init_model(cfg, jax.random.PRNGKey(0))
+  tx = optax.adam(1e-2)
+  upd = steps.make_update_fn(gd, tx, {"pg": {}, "test_nan_if_negative_adv": {"coef": 1.0}},
+                             prompt_len=4, temperature=1.0, chunk=0, detached_old=True,
+                             max_len=4, num_groups=2)
+  N = 4
+  batch = dict(tokens=jnp.ones((N, 8), jnp.int32), attn_mask=jnp.ones((N, 8), bool),
+               loss_mask=jnp.ones((N, 4)), adv=jnp.ones((N,)), old_logp=jnp.zeros((N, 4)),
+               sample_logp=jnp.zeros((N, 4)), ref_logp=jnp.zeros((N, 4)),
+               correct=jnp.zeros((N,), bool), group=jnp.asarray([0, 0, 1, 1]),
+               lengths=jnp.full((N,), 4))
+  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                           opt_state=tx.init(params), skipped=jnp.zeros((), jnp.int32))
+  before = jax.tree.map(jnp.copy, state.params)
+  state, m = upd(state, dict(batch, adv=-jnp.ones((N,))))  # NaN loss: skipped
+  assert float(m["skipped"]) == 1.0 and int(state.skipped) == 1
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params)):
+    assert (a == b).all()
+  state, m = upd(state, batch)  # finite: applied
+  assert float(m["skipped"]) == 0.0 and int(state.skipped) == 1 and int(state.step) == 2
+  assert any((a != b).any() for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params)))

@@ -310,7 +310,8 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
             sub = jax.tree.map(lambda x: x[idx], batch)
           state, um = update_fn(state, sub)
           upd.append(um)
-      um = jax.device_get(jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *upd))
+      # Replicated scalars: averaged on the host (no extra device computation).
+      um = {k: float(np.mean([np.asarray(u[k]) for u in upd])) for k in upd[0]}
       t_update = time.time() - tu
       if sync_ref and (step + 1) % cfg.ref.sync_every == 0:
         ref_params = jax.tree.map(jnp.copy, state.params)
