@@ -24,9 +24,10 @@ TINY_RL = os.path.join(ROOT, "tests", "configs", "tiny_rl.py")
 
 
 def get_config(arg=None):
-  """tests/configs/tiny_rl.py with 4 prompts a step and rewards that do not
-  depend on a completion's position in the batch (tiny_rl's `test/flaky` does,
-  so it would change with the number of processes)."""
+  """tests/configs/tiny_rl.py with 4 prompts a step, 4 updates a step (2 epochs
+  x 2 minibatches) and rewards that do not depend on a completion's position in
+  the batch (tiny_rl's `test/flaky` does, so it would change with the number of
+  processes)."""
   from rlx.rewards.registry import REWARD_FNS  # pylint: disable=g-import-not-at-top
   from rlx.train.config import load_config  # pylint: disable=g-import-not-at-top
 
@@ -42,6 +43,8 @@ def get_config(arg=None):
                  "length": {"fn": "arith/length", "weight": 0.5},
                  "flaky": {"fn": "test/flaky_text", "weight": 0.5}}
   cfg.train.batch_prompts = 4
+  cfg.train.minibatches = 2  # 2 epochs x 2 minibatches: old log-probs, row gathers
+  cfg.train.epochs = 2
   cfg.train.keep_checkpoints = 4
   return cfg
 

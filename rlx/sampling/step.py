@@ -81,17 +81,32 @@ def sampling_logits(logits_NV: jax.Array, settings: SamplingSettings) -> jax.Arr
 
 
 def _inverse_cdf_sample(key: jax.Array, logits_NV: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(tokens_N, logsumexp_N) of float32 logits; see `categorical`."""
-  v = logits_NV.shape[-1]
+  """(tokens_N, logsumexp_N) of float32 logits; see `categorical`.
+
+  Two-level inverse CDF: pick a block of `_BLOCK` tokens by the cumulative
+  block masses, then a token inside it (a cumsum over V is slow on XLA:CPU).
+  """
+  n, v = logits_NV.shape
   max_N1 = jnp.max(logits_NV, axis=-1, keepdims=True)
-  cdf_NV = jnp.cumsum(jnp.exp(logits_NV - max_N1), axis=-1)
-  total_N1 = cdf_NV[:, -1:]
+  p_NV = jnp.exp(logits_NV - max_N1)
+  blk = _BLOCK if v % _BLOCK == 0 and v > _BLOCK else v
+  p_NBK = p_NV.reshape(n, v // blk, blk)
+  cdf_NB = jnp.cumsum(p_NBK.sum(-1), axis=-1)
+  total_N1 = cdf_NB[:, -1:]
   u_N1 = jax.random.uniform(key, max_N1.shape, jnp.float32) * total_N1
-  # First index whose cdf exceeds u (zero-probability tokens never qualify).
-  idx_N = jnp.sum(cdf_NV <= u_N1, axis=-1).astype(jnp.int32)
-  # u rounding up to the total (probability ~1e-7): take the argmax instead.
-  idx_N = jnp.where(idx_N < v, idx_N, jnp.argmax(logits_NV, axis=-1).astype(jnp.int32))
+  # First block whose cdf exceeds u, then the first token in it.
+  b_N = jnp.minimum(jnp.sum(cdf_NB <= u_N1, axis=-1), v // blk - 1).astype(jnp.int32)
+  below_N = jnp.where(b_N > 0, jnp.take_along_axis(cdf_NB, jnp.maximum(b_N - 1, 0)[:, None], -1)[:, 0], 0.0)
+  in_NK = jnp.take_along_axis(p_NBK, b_N[:, None, None], axis=1)[:, 0]
+  k_N = jnp.sum(jnp.cumsum(in_NK, axis=-1) <= (u_N1[:, 0] - below_N)[:, None], axis=-1)
+  idx_N = b_N * blk + k_N.astype(jnp.int32)
+  # Rounding past a block's or the row's total (probability ~1e-7): the argmax.
+  ok = (k_N < blk) & (jnp.take_along_axis(p_NV, jnp.minimum(idx_N, v - 1)[:, None], -1)[:, 0] > 0)
+  idx_N = jnp.where(ok, idx_N, jnp.argmax(logits_NV, axis=-1).astype(jnp.int32))
   return idx_N, (max_N1 + jnp.log(total_N1))[:, 0]
+
+
+_BLOCK = 64
 
 
 def categorical(key: jax.Array, logits_NV: jax.Array) -> jax.Array:

@@ -35,6 +35,12 @@ class Placement:
     self.rules = parallel.rules_from_config(cfg)
     self.multi = jax.process_count() > 1
 
+    def take(tree, idx):
+      return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(
+          x[idx], parallel.batch_sharding(self.mesh, x.ndim, self.rules)), tree)
+
+    self._take = jax.jit(take)
+
   def check_batch(self, rows: int, what: str) -> None:
     try:
       parallel.check_batch_divisible(rows, self.mesh, parallel.batch_mesh_axes(self.mesh, self.rules))
@@ -65,6 +71,11 @@ class Placement:
     if not self.multi:
       return parallel.shard_batch(jax.tree.map(np.asarray, local), self.mesh, self.rules)
     return parallel.host_local_to_global(local, self.mesh, global_rows, self.rules)
+
+  def take_rows(self, tree: Any, idx: np.ndarray) -> Any:
+    """Rows `idx` (host ints, the same on every process) of global batch arrays,
+    split over the batch axes like the batch (a minibatch)."""
+    return self._take(tree, np.asarray(idx, np.int32))
 
   def to_local(self, tree: Any) -> Any:
     """NumPy copies of this process's rows of global batch arrays."""

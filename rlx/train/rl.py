@@ -132,6 +132,9 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
   N, P, C = B * G, cfg.data.max_prompt_len, cfg.sampling.max_new_tokens
   place.check_batch(B, "config.train.batch_prompts")
   place.check_batch(cfg.eval.batch_prompts, "config.eval.batch_prompts")
+  if cfg.train.minibatches > 1:
+    place.check_batch(N // cfg.train.minibatches, "completions per minibatch (config.train."
+                      "batch_prompts * sampling.group_size / train.minibatches)")
   mine_p = place.local_rows(B)  # this process's prompts of the global batch
   Bl = mine_p.stop - mine_p.start
 
@@ -306,8 +309,7 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
         for i in range(cfg.train.minibatches):
           sub = batch
           if cfg.train.minibatches > 1 or epoch:
-            idx = jnp.asarray(order[i * mb:(i + 1) * mb])
-            sub = jax.tree.map(lambda x: x[idx], batch)
+            sub = place.take_rows(batch, order[i * mb:(i + 1) * mb])
           state, um = update_fn(state, sub)
           upd.append(um)
       # Replicated scalars: averaged on the host (no extra device computation).
