@@ -56,6 +56,13 @@ def main(argv):
   try:  # configuration errors: a message, no traceback, before any compute
     validate(cfg)
     check_names(cfg)
+    from rlx.parallel import distributed
+    distributed.maybe_initialize(cfg)
+    if cfg.trainer == "rl":  # the mesh fits the devices and the batches divide over it
+      from rlx.train.placement import Placement
+      place = Placement(cfg)
+      place.check_batch(cfg.train.batch_prompts, "config.train.batch_prompts")
+      place.check_batch(cfg.eval.batch_prompts, "config.eval.batch_prompts")
   except (KeyError, ValueError, TypeError) as e:
     print(f"rlx: config error: {e.args[0] if e.args else e}", file=sys.stderr)
     sys.exit(2)

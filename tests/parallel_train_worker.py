@@ -1,12 +1,17 @@
-"""Subprocess side of tests/test_parallel_train.py (run as a script).
+"""Subprocess side of tests/test_parallel_train.py (run as a script), and the
+config file its trainer runs use (`get_config`).
 
-    python tests/parallel_train_worker.py pieces OUT.json DATA.jsonl
-        8 simulated devices: one RL step (sample + update) with params and
-        batch sharded on a 2x2x2 (data, fsdp, tensor) mesh vs a 1-device mesh.
-    python tests/parallel_train_worker.py cli PROBE.json -- [rlx.main flags]
-        `python -m rlx.main ...`, recording in PROBE.json (one file per
-        process: PROBE.json.<process_index>) the mesh and the shard shapes of
-        the policy params the update step sees.
+    python tests/parallel_train_worker.py pieces OUT.json DATA.jsonl WORKDIR
+        8 simulated devices: one RL step (sampler + loss/gradients + two
+        updates) with params and batch sharded on a 2x2x2 (data, fsdp, tensor)
+        mesh vs a 1-device mesh -> OUT.json; then `train_rl` for 2 steps on
+        the 2x2x2 mesh in WORKDIR.
+    python tests/parallel_train_worker.py placement OUT.json
+        Placement's conversions in a multi-process run -> OUT.json.<process>.
+    python tests/parallel_train_worker.py cli PROBE -- [rlx.main flags]
+        `python -m rlx.main ...`; each process writes PROBE.<process_index>:
+        the mesh and the shard shapes of the state and batch of its first
+        update.
 
 XLA_FLAGS (device count), JAX_PLATFORMS and the RLX_* multi-process variables
 come from the parent's environment.
@@ -25,9 +30,9 @@ TINY_RL = os.path.join(ROOT, "tests", "configs", "tiny_rl.py")
 
 def get_config(arg=None):
   """tests/configs/tiny_rl.py with 4 prompts a step, 4 updates a step (2 epochs
-  x 2 minibatches) and rewards that do not depend on a completion's position in
-  the batch (tiny_rl's `test/flaky` does, so it would change with the number of
-  processes)."""
+  x 2 minibatches), Adam eps 1e-4 and rewards that do not depend on a
+  completion's position in the batch (tiny_rl's `test/flaky` does, so it would
+  change with the number of processes)."""
   from rlx.rewards.registry import REWARD_FNS  # pylint: disable=g-import-not-at-top
   from rlx.train.config import load_config  # pylint: disable=g-import-not-at-top
 
@@ -46,6 +51,11 @@ def get_config(arg=None):
   cfg.train.minibatches = 2  # 2 epochs x 2 minibatches: old log-probs, row gathers
   cfg.train.epochs = 2
   cfg.train.keep_checkpoints = 4
+  # Adam's first updates are ~lr * g / (|g| + eps): with eps = 1e-8, gradient
+  # entries at rounding-noise level (group-centred advantages cancel in
+  # sum(adv * grad logp)) get +-lr steps whose sign depends on the summation
+  # order, and runs on different meshes drift apart by ~1e-3 within a step.
+  cfg.optim.eps = 1e-4
   return cfg
 
 
@@ -241,15 +251,20 @@ def cli(probe_path: str, argv: list[str]) -> None:
   app.run(rlx_main.main, argv=["rlx.main"] + argv)
 
 
+def train_2x2x2(data_path: str, workdir: str) -> None:
+  """`train_rl` for 2 steps on the 2x2x2 mesh, with the probe (after `pieces`,
+  in the same process: the sampler's compilation is reused)."""
+  from rlx.train.rl import train_rl  # pylint: disable=g-import-not-at-top
+  install_probe(workdir + ".probe")
+  cfg = get_config(f"data={data_path},steps=2")
+  cfg.mesh.axes = {"data": 2, "fsdp": 2, "tensor": 2}
+  train_rl(cfg, workdir)
+
+
 if __name__ == "__main__":
   if sys.argv[1] == "pieces":
-    pieces(sys.argv[2], sys.argv[3])  # pylint: disable=protected-access
-    # Then the trainer itself on the 2x2x2 mesh (reuses the sampler's compilation).
-    from rlx.train.rl import train_rl  # pylint: disable=g-import-not-at-top
-    install_probe(sys.argv[4] + ".probe")
-    _cfg = get_config(f"data={sys.argv[3]},steps=2")
-    _cfg.mesh.axes = {"data": 2, "fsdp": 2, "tensor": 2}
-    train_rl(_cfg, sys.argv[4])
+    pieces(sys.argv[2], sys.argv[3])
+    train_2x2x2(sys.argv[3], sys.argv[4])
   elif sys.argv[1] == "placement":
     placement(sys.argv[2])
   elif sys.argv[1] == "cli":

@@ -32,7 +32,6 @@ from rlx.train.scoring import Scorer, build_rewards
 
 _RO_FIELDS = ("prompt_tokens", "prompt_mask", "completion_tokens", "completion_mask",
               "sample_logprobs", "policy_logprobs", "completion_lengths", "truncated")
-_VOLATILE = ("time/", "throughput/", "memory/")
 
 # `sampling.sample` under jit: its host-side prompt check reads the mask, which
 # a multi-process (non process-local) global array does not allow; prompts from
