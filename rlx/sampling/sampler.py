@@ -141,6 +141,11 @@ def _sample(graphdef: Any, params: Any, prompt_tokens_BP: jax.Array, prompt_mask
            jnp.zeros((n,), bool))
   state = emit(0, rep(logits_BV), state)
 
+  # LM head as a plain [E, V] matrix, laid out once per call, not per token.
+  if cfg.tie_word_embeddings:
+    head_EV = params["embed"][...].T.astype(cfg.compute_dtype)
+  else:
+    head_EV = params["lm_head"][...].astype(cfg.compute_dtype)
   i = jnp.int32(1)
   for j, (end, length) in enumerate(zip(ends, lengths)):
     if j:  # grow the cache to this segment's length
@@ -158,7 +163,8 @@ def _sample(graphdef: Any, params: Any, prompt_tokens_BP: jax.Array, prompt_mask
       prev_N1 = jax.lax.dynamic_slice_in_dim(state[0], i - 1, 1, axis=1)
       hidden_N1H, cache = run(prev_N1, (prompt_len_N + i - 1)[:, None], kv_mask, cache,
                               p + i - 1)
-      logits_NV = models.lm_head(graphdef, params, hidden_N1H)[:, 0]
+      logits_NV = jnp.matmul(hidden_N1H[:, 0].astype(head_EV.dtype), head_EV,
+                             preferred_element_type=jnp.float32)
       return i + 1, cache, emit(i, logits_NV, state)
 
     i, cache, state = jax.lax.while_loop(cond, body, (i, cache, state))

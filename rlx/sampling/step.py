@@ -99,10 +99,13 @@ def _inverse_cdf_sample(key: jax.Array, logits_NV: jax.Array) -> tuple[jax.Array
   below_N = jnp.where(b_N > 0, jnp.take_along_axis(cdf_NB, jnp.maximum(b_N - 1, 0)[:, None], -1)[:, 0], 0.0)
   in_NK = jnp.take_along_axis(p_NBK, b_N[:, None, None], axis=1)[:, 0]
   k_N = jnp.sum(jnp.cumsum(in_NK, axis=-1) <= (u_N1[:, 0] - below_N)[:, None], axis=-1)
+  # The first index past u has positive probability. Rounding past the block's
+  # total (probability ~1e-7) takes the block's last positive-probability token
+  # (the chosen block always has positive mass). No argmax over V: a variadic
+  # reduce that costs as much as a layer on XLA:CPU.
+  last_N = blk - 1 - jnp.argmax((in_NK > 0)[:, ::-1], axis=-1)
+  k_N = jnp.where(k_N < blk, k_N, last_N)
   idx_N = b_N * blk + k_N.astype(jnp.int32)
-  # Rounding past a block's or the row's total (probability ~1e-7): the argmax.
-  ok = (k_N < blk) & (jnp.take_along_axis(p_NV, jnp.minimum(idx_N, v - 1)[:, None], -1)[:, 0] > 0)
-  idx_N = jnp.where(ok, idx_N, jnp.argmax(logits_NV, axis=-1).astype(jnp.int32))
   return idx_N, (max_N1 + jnp.log(total_N1))[:, 0]
 
 
