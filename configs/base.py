@@ -135,6 +135,10 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.mesh.axes = mlc.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
   c.mesh.dcn_axes = mlc.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1})  # all 1: one slice
   c.mesh.rules = ()  # extra logical-axis rules, e.g. (("mlp", "tensor"),)
+  # Reward models: "policy" (same mesh and rules; per-process mesh across
+  # processes), "local", "last:N" (a sub-mesh of N devices) or "replicated".
+  # The reference model always shares the policy's shardings.
+  c.mesh.reward_models = "policy"
 
   # Multi-host start-up (rlx.parallel.distributed). Empty / -1: from the
   # environment (RLX_COORDINATOR, SLURM, TPU VM, ...).

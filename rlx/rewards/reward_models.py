@@ -190,6 +190,8 @@ class RewardModel:
     """Loads a *ForSequenceClassification dir (+ its tokenizer, or `tokenizer`)."""
     path = os.fspath(path)
     cfg, graphdef, params = rm_lib.load_reward_model(path, dtype=dtype, param_dtype=dtype)
+    from rlx.parallel.models import place_reward_model
+    params = place_reward_model(params)  # config.mesh.reward_models (set by the trainer)
     tok = hf_io.load_tokenizer(tokenizer or path, cfg)
     meta_path = os.path.join(path, META_FILE)
     meta = {}
@@ -264,8 +266,12 @@ def get_reward_model(checkpoint: str | os.PathLike, *, dtype: Any = None,
   if not checkpoint:
     raise ValueError("reward_model needs `checkpoint`: a local *ForSequenceClassification "
                      "Hugging Face directory.")
+  from rlx.parallel.models import reward_model_mesh
+  mesh = reward_model_mesh()[0]
   key = (os.path.realpath(os.fspath(checkpoint)), str(dtype),
-         os.path.realpath(os.fspath(tokenizer)) if tokenizer else None)
+         os.path.realpath(os.fspath(tokenizer)) if tokenizer else None,
+         None if mesh is None else (tuple(d.id for d in mesh.devices.flat), mesh.axis_names,
+                                     mesh.devices.shape))
   with _LOCK:
     if key not in _CACHE:
       _CACHE[key] = RewardModel.load(checkpoint, dtype=dtype, tokenizer=tokenizer)

@@ -112,6 +112,10 @@ def validate(cfg: mlc.ConfigDict) -> None:
   if cfg.model.init == "checkpoint" and not cfg.model.checkpoint:
     raise ValueError("config.model.init='checkpoint' needs config.model.checkpoint "
                      "(a local Hugging Face directory).")
+  rm = cfg.mesh.reward_models
+  if rm not in ("policy", "local", "replicated") and not (
+      rm.startswith("last:") and rm[5:].isdigit() and int(rm[5:]) > 0):
+    raise ValueError(f"config.mesh.reward_models={rm!r}; valid: policy, local, last:N, replicated.")
   if cfg.model.remat not in ("none", "full", "dots"):
     raise ValueError(f"config.model.remat={cfg.model.remat!r}; valid: none, full, dots.")
   if cfg.ref.source not in ("initial", "checkpoint", "none"):

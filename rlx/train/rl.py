@@ -137,6 +137,10 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
   mine_p = place.local_rows(B)  # this process's prompts of the global batch
   Bl = mine_p.stop - mine_p.start
 
+  from rlx.parallel import models as aux_models
+  aux_models.set_reward_model_mesh(
+      aux_models.resolve_reward_model_mesh(cfg.mesh.reward_models, place.mesh, place.rules),
+      place.rules)
   policy = common.load_policy(cfg, workdir, checkpoint=init_checkpoint)
   tok, graphdef = policy.tokenizer, policy.graphdef
   updates_per_step = cfg.train.epochs * cfg.train.minibatches
