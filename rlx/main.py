@@ -22,13 +22,27 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (resumes if it
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def run(cfg, workdir: str) -> dict:
+def check(cfg) -> None:
+  """Everything checkable before compute: keys, registry names, options, the
+  mesh against the devices and the batches against the mesh. Also starts the
+  multi-host runtime when the environment asks for it."""
   from rlx.parallel import distributed
   from rlx.train.config import check_names, validate
 
   validate(cfg)
   check_names(cfg)
   distributed.maybe_initialize(cfg)
+  if cfg.trainer == "rl":
+    from rlx.train.placement import Placement
+    place = Placement(cfg)
+    place.check_batch(cfg.train.batch_prompts, "config.train.batch_prompts")
+    place.check_batch(cfg.eval.batch_prompts, "config.eval.batch_prompts")
+
+
+def run(cfg, workdir: str, *, checked: bool = False) -> dict:
+  """Runs the config's trainer in `workdir` (`checked`: `check(cfg)` already ran)."""
+  if not checked:
+    check(cfg)
   os.makedirs(workdir, exist_ok=True)
   import jax
   if jax.process_index() == 0:
@@ -51,22 +65,13 @@ def run(cfg, workdir: str) -> dict:
 def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-  from rlx.train.config import check_names, validate
   cfg = _CONFIG.value
   try:  # configuration errors: a message, no traceback, before any compute
-    validate(cfg)
-    check_names(cfg)
-    from rlx.parallel import distributed
-    distributed.maybe_initialize(cfg)
-    if cfg.trainer == "rl":  # the mesh fits the devices and the batches divide over it
-      from rlx.train.placement import Placement
-      place = Placement(cfg)
-      place.check_batch(cfg.train.batch_prompts, "config.train.batch_prompts")
-      place.check_batch(cfg.eval.batch_prompts, "config.eval.batch_prompts")
+    check(cfg)
   except (KeyError, ValueError, TypeError) as e:
     print(f"rlx: config error: {e.args[0] if e.args else e}", file=sys.stderr)
     sys.exit(2)
-  out = run(cfg, _WORKDIR.value)
+  out = run(cfg, _WORKDIR.value, checked=True)
   print(json.dumps(out, default=float))
 
 

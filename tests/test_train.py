@@ -47,6 +47,16 @@ def _metrics(workdir):
   return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in rows]
 
 
+def _wait_for_rows(proc, workdir, n, timeout=300):
+  """Waits until workdir/metrics.jsonl has n rows (or the process ended)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.exists(path) and len(open(path).read().splitlines()) >= n:
+      return
+    time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, data_file):
   wd = str(tmp_path_factory.mktemp("run_a"))
@@ -78,12 +88,7 @@ def test_sigkill_and_resume_gives_identical_metrics(uninterrupted, data_file, tm
   wd = str(tmp_path / "run_b")
   proc = subprocess.Popen(_cmd(wd, data_file), env=_env(), stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
-  path = os.path.join(wd, "metrics.jsonl")
-  deadline = time.time() + 300
-  while time.time() < deadline and proc.poll() is None:
-    if os.path.exists(path) and len(open(path).read().splitlines()) >= 3:
-      break
-    time.sleep(0.05)
+  _wait_for_rows(proc, wd, 3)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   p = subprocess.run(_cmd(wd, data_file), env=_env(), capture_output=True, text=True, timeout=600)
@@ -131,12 +136,7 @@ def test_sigterm_saves_and_resume_matches(uninterrupted, data_file, tmp_path):
   wd = str(tmp_path / "run_c")
   proc = subprocess.Popen(_cmd(wd, data_file, "--config.train.ckpt_every=100"), env=_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  path = os.path.join(wd, "metrics.jsonl")
-  deadline = time.time() + 300
-  while time.time() < deadline and proc.poll() is None:
-    if os.path.exists(path) and len(open(path).read().splitlines()) >= 2:
-      break
-    time.sleep(0.05)
+  _wait_for_rows(proc, wd, 2)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-2000:]

@@ -213,6 +213,7 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
     filt_fn = jax.jit(lambda r, v: adv_lib.apply_filter(filt_name, make_inputs(r, v), B, **filt_opts)[0])
   correct_j = scorer.names.index(cfg.loss.correct_reward) if cfg.loss.correct_reward else -1
   base_key = jax.random.PRNGKey(cfg.seed)
+  eval_key = jax.random.fold_in(base_key, 2**31 - 1)  # the same held-out draws at every eval
   mine_n = slice(mine_p.start * G, mine_p.stop * G)
 
   progress = None
@@ -224,7 +225,7 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
   if start == 0 and cfg.train.eval_every:
     # Held-out rewards of the initial policy (step 0): the baseline RL must beat.
     writer.write(0, evaluate(cfg, graphdef, state.params, tok, scorer, eval_rows, place,
-                             eval_settings, jax.random.fold_in(base_key, 2**31 - 1)))
+                             eval_settings, eval_key))
   with _Stop() as stop:
     for step in range(start, cfg.train.steps):
       t0 = time.time()
@@ -341,7 +342,7 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
       done = step + 1 == cfg.train.steps
       if cfg.train.eval_every and ((step + 1) % cfg.train.eval_every == 0 or done):
         m.update(evaluate(cfg, graphdef, state.params, tok, scorer, eval_rows, place,
-                          eval_settings, jax.random.fold_in(base_key, 2**31 - 1)))
+                          eval_settings, eval_key))
       if (step + 1) % cfg.train.log_every == 0 or done or any(k.startswith("eval/") for k in m):
         last = writer.write(step + 1, m)
       if progress is not None:

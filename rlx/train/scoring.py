@@ -65,7 +65,7 @@ def _call_one(spec: RewardSpec, prompts, completions, columns, errors: str):
     if len(out) != n:
       raise RewardError(f"reward {spec.name!r} returned {len(out)} values for {n} completions")
     vals = [_to_float(v) for v in out]
-    return vals, sum(v is None for v in out), 0
+    return vals, 0
   except Exception as e:  # noqa: BLE001 - user code
     if errors == "fatal":
       raise RewardError(f"reward {spec.name!r} raised: {e!r}") from e
@@ -79,7 +79,7 @@ def _call_one(spec: RewardSpec, prompts, completions, columns, errors: str):
     except Exception:  # noqa: BLE001
       vals.append(math.nan)
       raised += 1
-  return vals, 0, raised
+  return vals, raised
 
 
 class Scorer:
@@ -106,7 +106,7 @@ class Scorer:
   def collect(self, futs) -> tuple[np.ndarray, dict[str, float]]:
     cols, metrics = [], {}
     for spec, f in zip(self.specs, futs):
-      vals, _, raised = f.result()
+      vals, raised = f.result()
       arr = np.asarray(vals, np.float32)
       cols.append(arr)
       metrics[f"reward/{spec.name}/missing"] = float(np.isnan(arr).sum())
