@@ -7,7 +7,9 @@ weight slice out of the stack and transposes its cache slice to
 optimised HLO). Here the weights are unstacked once per `sample` call (with
 q/k/v and gate/up fused into one matmul each, cast to the compute dtype) and
 each layer owns a cache buffer in the [B, K, S, D] layout the matmuls read,
-so a decode step reads weights and cache in place. The math is the model's
+so a decode step reads weights and cache in place. Keys are cached transposed,
+[B, K, D, S]: the one-query score reduction then runs over D with S as the
+vector lane (3.4x faster on XLA:CPU than reducing over the minor D). The math is the model's
 (same parameters, `rms_norm`, `apply_rope`, masking and softmax); parity is
 tested against `rlx.models.forward` and `transformers`.
 """
@@ -23,7 +25,10 @@ from rlx.models import decoder as decoder_lib
 
 _NEG_INF = -0.7 * float(np.finfo(np.float32).max)  # as rlx.models.decoder
 
-LayerCaches = tuple[dict[str, jax.Array], ...]  # per layer {'k', 'v'}: [B, K, S, D]
+LayerCaches = tuple[dict[str, jax.Array], ...]  # per layer {'k': [B, K, D, S], 'v': [B, K, S, D]}
+
+# Sequence axis of each cache buffer (for growing a cache between decode segments).
+SEQ_AXIS = {"k": 3, "v": 2}
 
 
 def prepare_layers(cfg: Any, params: Any) -> tuple[dict[str, jax.Array], ...]:
@@ -52,9 +57,19 @@ def prepare_layers(cfg: Any, params: Any) -> tuple[dict[str, jax.Array], ...]:
 
 
 def init_layer_caches(cfg: Any, batch: int, max_len: int, dtype: Any) -> LayerCaches:
-  shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
-  return tuple({"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+  k_shape = (batch, cfg.num_kv_heads, cfg.head_dim, max_len)
+  v_shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+  return tuple({"k": jnp.zeros(k_shape, dtype), "v": jnp.zeros(v_shape, dtype)}
                for _ in range(cfg.num_layers))
+
+
+def grow_layer_caches(caches: LayerCaches, extra: int) -> LayerCaches:
+  """Appends `extra` empty slots to every cache buffer."""
+  def grow(name, x):
+    widths = [(0, 0)] * x.ndim
+    widths[SEQ_AXIS[name]] = (0, extra)
+    return jnp.pad(x, widths)
+  return tuple({n: grow(n, x) for n, x in c.items()} for c in caches)
 
 
 def forward_unrolled(cfg: Any, params: Any, layers: tuple[dict[str, jax.Array], ...],
@@ -107,18 +122,19 @@ def _layer(cfg: Any, x_BTE: jax.Array, lp: dict[str, jax.Array], sin: jax.Array,
     q = decoder_lib.rms_norm(q, lp["q_norm"], eps)
     k = decoder_lib.rms_norm(k, lp["k_norm"], eps)
   q, k = decoder_lib.apply_rope(q, sin, cos), decoder_lib.apply_rope(k, sin, cos)
-  idx = (0, 0, cache_index, 0)
-  ck = jax.lax.dynamic_update_slice(cache["k"], k.transpose(0, 2, 1, 3).astype(cache["k"].dtype), idx)
-  cv = jax.lax.dynamic_update_slice(cache["v"], v.transpose(0, 2, 1, 3).astype(cache["v"].dtype), idx)
+  ck = jax.lax.dynamic_update_slice(  # [B, K, D, S]
+      cache["k"], k.transpose(0, 2, 3, 1).astype(cache["k"].dtype), (0, 0, 0, cache_index))
+  cv = jax.lax.dynamic_update_slice(  # [B, K, S, D]
+      cache["v"], v.transpose(0, 2, 1, 3).astype(cache["v"].dtype), (0, 0, cache_index, 0))
   q_BKGTD = q.reshape(b, t, k_heads, g, d).transpose(0, 2, 3, 1, 4)
-  # One query per row on CPU: a fused multiply-reduce reads the cache once,
-  # where XLA:CPU's batched dot of tiny matrices is ~1.5x slower.
+  # One query per row on CPU: a fused multiply-reduce over D reads the cache
+  # once, where XLA:CPU's batched dot of tiny matrices is ~1.5x slower.
   reduce_form = t == 1 and jax.default_backend() == "cpu"
   if reduce_form:
-    scores = jnp.sum(q_BKGTD[:, :, :, :, None, :].astype(jnp.float32)
-                     * ck[:, :, None, None, :, :].astype(jnp.float32), axis=-1)
+    scores = jnp.sum(q_BKGTD[..., None].astype(jnp.float32)
+                     * ck[:, :, None, None, :, :].astype(jnp.float32), axis=-2)
   else:
-    scores = jnp.einsum("bkgtd,bksd->bkgts", q_BKGTD, ck.astype(dt),
+    scores = jnp.einsum("bkgtd,bkds->bkgts", q_BKGTD, ck.astype(dt),
                         preferred_element_type=jnp.float32)
   scores = scores * (d ** -0.5)
   m = mask_BTS[:, None, None]

@@ -107,8 +107,7 @@ def _sample(graphdef: Any, params: Any, prompt_tokens_BP: jax.Array, prompt_mask
     def run(tokens_BT, positions_BT, kv_mask, cache, cache_index):
       return models.forward(graphdef, params, tokens_BT, positions_BT, kv_mask, cache=cache,
                             cache_index=cache_index, return_hidden=True)
-  seq_axis = 2  # [B, K, S, D] (unrolled) or [L, B, S, K, D]
-  batch_axis = 0 if settings.unroll_layers else 1
+  batch_axis = 0 if settings.unroll_layers else 1  # [B, K, ...] or [L, B, S, K, D]
 
   # Prefill: one pass over the prompts; logits only at the last (real) token.
   hidden_BPH, cache = run(prompt_tokens_BP, models.positions_from_mask(prompt_mask_BP),
@@ -149,9 +148,12 @@ def _sample(graphdef: Any, params: Any, prompt_tokens_BP: jax.Array, prompt_mask
   i = jnp.int32(1)
   for j, (end, length) in enumerate(zip(ends, lengths)):
     if j:  # grow the cache to this segment's length
-      grow = [(0, 0)] * 5
-      grow[seq_axis] = (0, length - lengths[j - 1])
-      cache = jax.tree.map(lambda x: jnp.pad(x, grow[:x.ndim]), cache)
+      extra = length - lengths[j - 1]
+      if settings.unroll_layers:
+        cache = decode.grow_layer_caches(cache, extra)
+      else:
+        cache = jax.tree.map(lambda x: jnp.pad(x, [(0, 0), (0, 0), (0, extra), (0, 0), (0, 0)]),
+                             cache)
     kv_mask = kv_mask_NS[:, :length]
 
     def cond(carry, end=end):
