@@ -7,7 +7,7 @@ For every cellset (task variant at a scale) found under --runs, writes
 RESULTS/<cellset>.md: held-out rewards (sampling at T=1 on the task's test
 prompts) at the last step, mean ± std over seeds per estimator, next to the
 shared SFT start (step 0); the constraint-violation rates; the mean over the
-eval points after step 0; wall times. RESULTS/<cellset>.png: held-out and
+eval points after step 0; per-seed differences from GRPO; wall times. RESULTS/<cellset>.png: held-out and
 training rewards vs RL step, mean over seeds, one line per estimator.
 RESULTS/summary.md: the cellsets, machines and total wall time.
 """
@@ -140,6 +140,28 @@ def cellset_stats(cells: list[dict[str, Any]]) -> dict[str, Any]:
                                                    else 0.0) for c in cs]
     out["estimators"][est] = e
   out["sft_wall_s"] = {c["sft_dir"]: c.get("sft_wall_s", math.nan) for c in cells}
+  out["paired"] = paired_deltas(out)
+  return out
+
+
+def paired_deltas(st: dict[str, Any], base: str = "grpo") -> dict[str, dict[str, list[float]]]:
+  """estimator -> reward -> [final held-out (estimator - base)] over the seeds both ran.
+
+  Cells of one seed start from the same SFT policy and see the same prompts, so
+  the per-seed difference removes the seed's shared part of the noise.
+  """
+  ests = st["estimators"]
+  if base not in ests:
+    return {}
+  b = ests[base]
+  out = {}
+  for est, e in ests.items():
+    if est == base:
+      continue
+    common = [s for s in e["seeds"] if s in b["seeds"]]
+    if common:
+      out[est] = {n: [e["final"][n][e["seeds"].index(s)] - b["final"][n][b["seeds"].index(s)]
+                      for s in common] for n in st["names"]}
   return out
 
 
@@ -179,6 +201,16 @@ def cellset_markdown(cellset: str, cells: list[dict[str, Any]], st: dict[str, An
 
   lines += [f"## Held-out rewards at the last RL step ({c0['steps']})", ""] + table("final")
   lines += ["", "## Held-out rewards averaged over the eval points after step 0", ""] + table("avg")
+  if st["paired"]:
+    lines += ["", f"## Paired differences from GRPO at the last RL step ({c0['steps']})", "",
+              "Per seed, estimator minus GRPO on the same SFT start and prompts; mean ± std "
+              "over seeds, and in how many seeds the estimator was higher.", "",
+              "| estimator | pairs | " + " | ".join(f"Δ `{n}`" for n in names) + " |",
+              "|" + "---|" * (len(names) + 2)]
+    for est, d in st["paired"].items():
+      k = len(next(iter(d.values())))
+      lines.append(f"| {ESTIMATOR_LABEL.get(est, est)} | {k} | " + " | ".join(
+          f"{fmt(d[n], 3)} ({sum(x > 0 for x in d[n])}/{k} higher)" for n in names) + " |")
   lines += ["", "## Wall time", "",
             "| estimator | RL per cell (s) | max cell incl. SFT run there (s) |", "|---|---|---|"]
   for est, e in st["estimators"].items():

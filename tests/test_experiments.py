@@ -98,6 +98,9 @@ def test_summary_tables_on_synthetic_runs(toolcall_runs, tmp_path):
   # seed 1 (0.7, 0.9) -> 0.8.
   assert _table_row(md, "averaged over the eval points", "GDPO").startswith(
       "| GDPO | 2 | 0.700 ± 0.141 |")
+  # Paired with GRPO per seed: format (0.7-0.5, 0.9-0.6), correct (0.3-0.2, 0.5-0.4).
+  assert _table_row(md, "Paired differences from GRPO", "GDPO") == (
+      "| GDPO | 2 | 0.250 ± 0.071 (2/2 higher) | 0.100 ± 0.000 (2/2 higher) |")
   assert "| GDPO | 100 ± 1 | 101 |" in md  # RL wall; gdpo cells did not run the SFT
   assert "| GRPO | 100 ± 1 | 131 |" in md  # seed 1: 101 s RL + 30 s SFT run there
   with open(os.path.join(res, "toolcall.png"), "rb") as f:
