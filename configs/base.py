@@ -40,6 +40,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   # Prompts. Built-in synthetic tasks, or a local file with a field mapping.
   c.data = mlc.ConfigDict()
   c.data.task = "toolcall"  # builtin task name, or "file"
+  c.data.task_options = mlc.ConfigDict()  # the built-in task's options, e.g. {'max_operand': 9}
   c.data.path = ""  # jsonl / parquet / save_to_disk folder when task == "file"
   c.data.fields = mlc.ConfigDict()  # e.g. {'prompt': 'question', 'answer': 'solution'}
   c.data.num_train = 20000

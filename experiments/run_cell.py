@@ -1,7 +1,7 @@
 """One cell of the GDPO ablation grid: SFT warm start (shared) + RL with one estimator.
 
     python experiments/run_cell.py --task arith --variant conditioned --estimator gdpo --seed 0 \
-        [--out experiments/runs] [--scale small|gpu] [--steps 100] [--sft_steps 300] \
+        [--out experiments/runs] [--scale small|gpu] [--steps 100] [--sft_steps 0] \
         [--sft_batch 16] [--force]
 
 The SFT policy of (task, scale, seed, SFT budget) is trained once into
@@ -67,17 +67,23 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", default=os.path.join("experiments", "runs"))
   p.add_argument("--scale", default="small", choices=("small", "gpu"))
   p.add_argument("--steps", type=int, default=100, help="RL steps")
-  p.add_argument("--sft_steps", type=int, default=300)
+  p.add_argument("--sft_steps", type=int, default=0,
+                 help="SFT steps (0: the task's default, configs/ablation.py SFT_STEPS)")
   p.add_argument("--sft_batch", type=int, default=16)
   p.add_argument("--force", action="store_true", help="re-run the RL of a finished cell")
   return p
 
 
 def check_args(args: argparse.Namespace) -> None:
-  """Fails before any compute on an unknown estimator or task variant, or a bad budget."""
+  """Fails before any compute on an unknown estimator or task variant, or a bad budget.
+
+  Resolves --sft_steps 0 to the task's default SFT steps (in place).
+  """
   from rlx import advantages
   from rlx.train.config import load_config
   advantages.ESTIMATORS.get(args.estimator)  # KeyError lists the registered names
+  if args.sft_steps == 0:
+    args.sft_steps = load_config("ablation.py", config_arg(args)).sft.steps
   for k in BUDGET_KEYS:
     if getattr(args, k) < 1:
       raise ValueError(f"--{k} must be >= 1, got {getattr(args, k)}.")
@@ -167,6 +173,7 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
           "estimator": args.estimator, "seed": args.seed, **budget,
           "cellset": cellset_name(args.task, args.variant, args.scale),
           "rewards": {n: float(r["weight"]) for n, r in cfg.rewards.items()},
+          "task_options": cfg.data.task_options.to_dict(), "num_train": cfg.data.num_train,
           "group_size": cfg.sampling.group_size, "batch_prompts": cfg.train.batch_prompts,
           "max_new_tokens": cfg.sampling.max_new_tokens, "arch": dict(cfg.model.arch),
           "sft_dir": os.path.dirname(hf), "sft_wall_s": sft_wall, "sft_ran_here": sft_ran,

@@ -2,7 +2,7 @@
 
     python experiments/run_grid.py [--tasks toolcall arith arith:conditioned code:conditioned]
         [--estimators grpo dr_grpo gdpo bnpo] [--seeds 0 1 2] [--out experiments/runs]
-        [--results experiments/results] [--scale small] [--steps 100] [--sft_steps 300]
+        [--results experiments/results] [--scale small] [--steps 100] [--sft_steps 0]
         [--sft_batch 16]
 
 Each cell runs `experiments/run_cell.py` in a fresh process (finished cells are
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--results", default=os.path.join("experiments", "results"))
   p.add_argument("--scale", default="small", choices=("small", "gpu"))
   p.add_argument("--steps", type=int, default=100)
-  p.add_argument("--sft_steps", type=int, default=300)
+  p.add_argument("--sft_steps", type=int, default=0, help="0: each task's default")
   p.add_argument("--sft_batch", type=int, default=16)
   return p
 

@@ -213,3 +213,20 @@ def test_corrupt_accepts_numpy_rng():
   demo = task.make_examples(0, 1)[0]["demo"]
   a = task.corrupt(demo, np.random.default_rng(0), 1.0)
   assert a == task.corrupt(demo, np.random.default_rng(0), 1.0) and a != demo
+
+
+def test_task_options_reach_the_task_and_bad_ones_are_named():
+  rows = get_task("arith", max_operand=9, num_ops=(1, 1)).make_examples(seed=0, n=50)
+  for r in rows:
+    a, b = (int(x) for x in r["expression"].replace("*", "+").replace("-", "+").split("+"))
+    assert 1 <= a <= 9 and 1 <= b <= 9
+  with pytest.raises(TypeError, match=r"no option\(s\) max_opernd; valid: max_len, num_ops"):
+    get_task("arith", max_opernd=9)
+
+
+def test_config_task_options_are_checked_before_compute():
+  from rlx.train.config import check_names, load_config
+  c = load_config("ablation.py", "task=arith")
+  c.data.task_options = {"max_opernd": 9}
+  with pytest.raises(TypeError, match=r"config.data.task_options: task 'arith' has no option"):
+    check_names(c)

@@ -177,7 +177,16 @@ def test_smooth_is_a_trailing_mean():
 def test_cell_defaults_are_the_real_budget():
   a = run_cell.build_parser().parse_args(["--task", "arith", "--estimator", "gdpo"])
   assert (a.steps, a.sft_steps, a.sft_batch, a.seed, a.variant, a.scale) == (
-      100, 300, 16, 0, "default", "small")
+      100, 0, 16, 0, "default", "small")
+  # 0: the task's SFT budget, resolved before anything runs.
+  for task, steps in (("arith", 2000), ("toolcall", 300), ("code", 300)):
+    a = run_cell.build_parser().parse_args(["--task", task, "--estimator", "gdpo"])
+    run_cell.check_args(a)
+    assert a.sft_steps == steps
+  a = run_cell.build_parser().parse_args(["--task", "arith", "--estimator", "gdpo",
+                                          "--sft_steps", "7"])
+  run_cell.check_args(a)
+  assert a.sft_steps == 7
   assert a.out == os.path.join("experiments", "runs")
   with pytest.raises(SystemExit):
     run_cell.build_parser().parse_args(["--task", "math", "--estimator", "gdpo"])
@@ -246,7 +255,7 @@ def test_grid_commands():
                                         ("toolcall", "default", "1", "grpo"),
                                         ("toolcall", "default", "1", "gdpo")]
   assert key(cmds[4]) == ("arith", "conditioned", "0", "grpo")
-  assert all(c[c.index("--steps") + 1] == "3" and c[c.index("--sft_steps") + 1] == "300"
+  assert all(c[c.index("--steps") + 1] == "3" and c[c.index("--sft_steps") + 1] == "0"
              for c in cmds)
   d = run_grid.build_parser().parse_args([])
   assert (d.tasks, d.estimators, d.seeds) == (

@@ -29,10 +29,10 @@ def _dtype(name: str):
 
 
 def task_or_none(cfg):
-  from rlx.data import TASKS
+  from rlx.data.tasks import get_task
   if cfg.data.task == "file":
     return None
-  return TASKS.get(cfg.data.task)()
+  return get_task(cfg.data.task, **dict(cfg.data.task_options))
 
 
 def make_tokenizer(cfg, workdir: str):

@@ -9,7 +9,7 @@ import ml_collections as mlc
 
 # Keys whose values are free-form dicts, checked by the function they configure.
 FREE_FORM = ("advantage.options", "filter.options", "loss.terms", "rewards",
-             "data.fields", "model.arch", "mesh.axes", "mesh.dcn_axes")
+             "data.fields", "data.task_options", "model.arch", "mesh.axes", "mesh.dcn_axes")
 
 
 def parse_arg(arg: str | None, defaults: dict[str, Any]) -> dict[str, Any]:
@@ -160,6 +160,7 @@ def check_names(cfg: mlc.ConfigDict) -> None:
   from rlx import advantages, losses
   from rlx.advantages import registry as adv_registry
   from rlx.data import TASKS
+  from rlx.data.tasks import get_task
   from rlx.rewards.registry import REWARD_FNS
   from rlx.train.optim import OPTIMIZERS, SCHEDULES
 
@@ -179,6 +180,7 @@ def check_names(cfg: mlc.ConfigDict) -> None:
       raise ValueError("config.data.task='file' needs config.data.path.")
   elif cfg.data.task != "file":
     wrap("data.task", lambda: TASKS.get(cfg.data.task))
+    wrap("data.task_options", lambda: get_task(cfg.data.task, **dict(cfg.data.task_options)))
   elif not cfg.data.path:
     raise ValueError("config.data.task='file' needs config.data.path.")
   for name, r in cfg.rewards.items():
