@@ -108,7 +108,9 @@ def git_commit() -> str:
   try:
     sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
                          text=True, check=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True,
+    # experiments/results is what the grid itself writes between cells.
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", ".",
+                            ":(exclude)experiments/results"], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout.strip()
     return sha + ("+dirty" if dirty else "")
   except (OSError, subprocess.CalledProcessError):
