@@ -11,7 +11,9 @@ estimators of one seed start from identical policies with identical budgets.
 RL runs in OUT/<cellset>/<estimator>_s<seed> (cellset: task[_variant][_scale])
 and writes metrics.jsonl, rewards.png, hf/, and cell.json (arguments, wall
 times, machine). A finished cell is skipped; --force re-runs its RL (not the
-shared SFT). Same seed, same machine: same numbers.
+shared SFT). A cell stopped by SIGTERM is marked "stopped" (exit status 3) and
+the same command resumes it from its checkpoint. Same seed, same machine: same
+numbers.
 """
 from __future__ import annotations
 
@@ -163,7 +165,7 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
     if {k: old.get(k) for k in BUDGET_KEYS} != budget:
       raise ValueError(f"{wd} holds a cell with budget {({k: old.get(k) for k in BUDGET_KEYS})}, "
                        f"not {budget}: pass --force to re-run it, or another --out.")
-    if old.get("status") == "done":
+    if old.get("status") == "done" and last_step(wd) == args.steps:
       logging.info("Cell already finished: %s (--force re-runs it).", wd)
       return old
   if args.force and os.path.exists(wd):
@@ -187,11 +189,28 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
   _write_json(meta_path, meta)
   t0 = time.time()
   last = run(cfg, wd)
+  reached = last_step(wd)
+  if reached != args.steps:  # stopped by a signal: the trainer saved a checkpoint and returned
+    meta.update(status="stopped", stopped_at_step=reached, rl_wall_s=time.time() - t0)
+    _write_json(meta_path, meta)
+    logging.warning("Cell %s stopped at step %s of %d; the same command resumes it.", wd,
+                    reached, args.steps)
+    return meta
   meta.update(status="done", rl_wall_s=time.time() - t0, final=last)
   _write_json(meta_path, meta)
   logging.info("Cell %s done: RL %.0f s (SFT %.0f s%s).", wd, meta["rl_wall_s"], sft_wall,
                "" if sft_ran else ", shared")
   return meta
+
+
+def last_step(wd: str) -> int | None:
+  """The last step in WD/metrics.jsonl (None without rows)."""
+  path = os.path.join(wd, "metrics.jsonl")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    steps = [json.loads(line)["step"] for line in f if line.strip()]
+  return max(steps, default=None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -203,9 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"run_cell: {e.args[0] if e.args else e}", file=sys.stderr)
     return 2
   meta = run_cell(args)
-  print(json.dumps({k: meta.get(k) for k in ("cellset", "estimator", "seed", "rl_wall_s",
-                                             "sft_wall_s", "final")}, default=float))
-  return 0
+  print(json.dumps({k: meta.get(k) for k in ("cellset", "estimator", "seed", "status",
+                                             "rl_wall_s", "sft_wall_s", "final")},
+                   default=float))
+  return 0 if meta["status"] == "done" else 3
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import argparse
 import collections
 import glob
 import json
+import logging
 import math
 import os
 import sys
@@ -53,13 +54,32 @@ def load_cells(runs: str) -> tuple[list[dict[str, Any]], list[str]]:
     with open(meta_path) as f:
       meta = json.load(f)
     metrics = os.path.join(d, "metrics.jsonl")
-    if meta.get("status") != "done" or not os.path.exists(metrics):
+    rows = read_jsonl(metrics) if os.path.exists(metrics) else []
+    why = incomplete(meta, rows)
+    if why:
+      logging.warning("Leaving out %s: %s.", d, why)
       unfinished.append(d)
       continue
     meta["dir"] = d
-    meta["rows"] = read_jsonl(metrics)
+    meta["rows"] = rows
     cells.append(meta)
   return cells, unfinished
+
+
+def incomplete(meta: dict[str, Any], rows: list[dict[str, float]]) -> str | None:
+  """Why a cell cannot go in a table (None if it can): not marked done, or its
+  metrics stop before the last step or lack the held-out eval there (a run
+  stopped by a signal saves a checkpoint and returns early)."""
+  if meta.get("status") != "done":
+    return f"status {meta.get('status')!r}, not 'done'"
+  steps = meta.get("steps")
+  last = max((int(r["step"]) for r in rows), default=None)
+  if last != steps:
+    return f"metrics end at step {last}, not at the last step {steps}"
+  first = next(iter(meta.get("rewards") or {}), None)
+  if first is not None and not any(f"eval/{first}" in r for r in rows if r["step"] == steps):
+    return f"no held-out eval at the last step {steps}"
+  return None
 
 
 def eval_points(rows: list[dict[str, float]], name: str) -> dict[int, float]:

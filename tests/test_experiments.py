@@ -136,7 +136,8 @@ def test_summary_violation_uses_logged_only_reward(tmp_path):
 
 def test_summary_refuses_mixed_budgets(toolcall_runs, tmp_path):
   _write_cell(toolcall_runs, "toolcall", "toolcall", "default", "bnpo", 0,
-              {"format": 1.0, "correct": 1.0}, {0: {"format": 0.1, "correct": 0.1}}, {}, steps=6)
+              {"format": 1.0, "correct": 1.0},
+              {0: {"format": 0.1, "correct": 0.1}, 6: {"format": 0.2, "correct": 0.1}}, {}, steps=6)
   with pytest.raises(ValueError, match="different budgets"):
     summarize.summarize(toolcall_runs, str(tmp_path / "res"))
 
@@ -239,6 +240,56 @@ def test_finished_cell_is_reused_only_with_the_same_budget(tmp_path):
   with pytest.raises(ValueError, match="--force"):
     run_cell.run_cell(args)
   assert sorted(os.listdir(d)) == ["cell.json", "metrics.jsonl"]
+
+
+def test_summary_leaves_out_a_cell_that_stopped_early(toolcall_runs, tmp_path):
+  # Marked done (as run_cell did before it checked), but its metrics end at step 3 of 4.
+  d = _write_cell(toolcall_runs, "toolcall", "toolcall", "default", "bnpo", 0,
+                  {"format": 1.0, "correct": 1.0}, {0: {"format": 0.4, "correct": 0.1},
+                                                    2: {"format": 0.9, "correct": 0.9}},
+                  {s: {"format": 0.1, "correct": 0.1} for s in range(1, 4)}, steps=3)
+  with open(os.path.join(d, "cell.json")) as f:
+    meta = json.load(f)
+  meta["steps"] = 4
+  with open(os.path.join(d, "cell.json"), "w") as f:
+    json.dump(meta, f)
+  cells, unfinished = summarize.load_cells(toolcall_runs)
+  assert unfinished == [d] and {c["estimator"] for c in cells} == {"grpo", "gdpo"}
+  assert "at step 3, not at the last step 4" in summarize.incomplete(meta, summarize.read_jsonl(
+      os.path.join(d, "metrics.jsonl")))
+  summarize.summarize(toolcall_runs, str(tmp_path / "results"))
+  md = (tmp_path / "results" / "toolcall.md").read_text()
+  assert "BNPO" not in md
+  assert "toolcall/bnpo_s0" in (tmp_path / "results" / "summary.md").read_text()
+
+
+def test_cell_stopped_by_a_signal_is_not_done_and_resumes(tmp_path, monkeypatch, capsys):
+  import rlx.main
+  out = str(tmp_path)
+  monkeypatch.setattr(run_cell, "ensure_sft", lambda args: (str(tmp_path / "hf"), 1.0, False))
+  stop_at = [2]  # the fake trainer's last step: 2 of 4 (a SIGTERM), then 4 of 4
+
+  def fake_run(cfg, wd):
+    with open(os.path.join(wd, "metrics.jsonl"), "a") as f:
+      for step in range(stop_at[0] + 1):
+        f.write(json.dumps({"step": step, "eval/format": 0.5}) + "\n")
+    return {"eval/format": 0.5}
+
+  monkeypatch.setattr(rlx.main, "run", fake_run)
+  argv = ["--task", "toolcall", "--estimator", "gdpo", "--out", out, "--sft_steps", "300",
+          "--steps", "4"]
+  assert run_cell.main(argv) == 3
+  meta_path = os.path.join(out, "toolcall", "gdpo_s0", "cell.json")
+  with open(meta_path) as f:
+    meta = json.load(f)
+  assert (meta["status"], meta["stopped_at_step"], meta["resumed"]) == ("stopped", 2, False)
+  stop_at[0] = 4
+  assert run_cell.main(argv) == 0
+  with open(meta_path) as f:
+    meta = json.load(f)
+  assert (meta["status"], meta["resumed"]) == ("done", True)
+  assert run_cell.main(argv) == 0  # finished: skipped
+  assert '"status": "done"' in capsys.readouterr().out
 
 
 def test_grid_commands():

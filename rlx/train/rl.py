@@ -369,5 +369,9 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
             + ["completion/length_mean", "loss"])
     plot_curves(read_jsonl(writer.path), keys, os.path.join(workdir, "rewards.png"),
                 title=f"{cfg.advantage.estimator} on {cfg.data.task}")
-  logging.info("RL finished in %.1f s", time.time() - t_run)
+  if stop.requested:
+    logging.warning("RL stopped by a signal after %.1f s; the checkpoint in %s resumes it.",
+                    time.time() - t_run, workdir)
+  else:
+    logging.info("RL finished in %.1f s", time.time() - t_run)
   return last
