@@ -11,14 +11,15 @@ from rlx.advantages.registry import ESTIMATORS, FILTERS  # noqa: I001
 from rlx.advantages.inputs import AdvantageInputs
 from rlx.advantages import segments
 from rlx.advantages import estimators
+from rlx.advantages import variants
 from rlx.advantages import filters
 from rlx.advantages import diagnostics
-from rlx.advantages.estimators import ReferenceStats, fit_reference_stats
+from rlx.advantages.variants import ReferenceStats, fit_reference_stats
 from rlx.advantages.api import (apply_filter, compute_advantages, estimator_options,
                                 filter_options)
 
 __all__ = [
     "ESTIMATORS", "FILTERS", "AdvantageInputs", "ReferenceStats", "apply_filter",
     "compute_advantages", "diagnostics", "estimator_options", "estimators",
-    "filter_options", "filters", "fit_reference_stats", "segments",
+    "filter_options", "filters", "fit_reference_stats", "segments", "variants",
 ]

@@ -65,7 +65,6 @@ import functools
 import logging
 import marshal
 import os
-import random
 import secrets
 import selectors
 import shutil
@@ -79,6 +78,7 @@ from typing import Any, Sequence
 
 from rlx.rewards.sandbox_launcher import BOOTSTRAP as _BOOTSTRAP
 from rlx.rewards.sandbox_launcher import LAUNCHER as _LAUNCHER
+from rlx.rewards.sandbox_procs import kill_all, live_processes, uid_pool
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class SandboxConfig:
     site_packages: allow the interpreter's site-packages (drops `-S`).
     isolate: use namespaces and the uid drop when available. `False` runs with
       rlimits, session kill and a temp dir only.
-    uid_base: start of the range of per-run uids (when root), see UID_RANGE.
+    uid_base: start of the range of per-run uids (when root), see sandbox_procs.UID_RANGE.
     base_dir: where host-side job directories are created (default: tempdir).
   """
   cpu_time_s: float = 2.0
@@ -169,127 +169,9 @@ class Job:
   config: SandboxConfig | None = None
 
 
-
-
 # --------------------------------------------------------------------------
 # Host side.
 # --------------------------------------------------------------------------
-UID_RANGE = 1 << 28  # per-run uids are drawn from [uid_base, uid_base + UID_RANGE)
-
-
-class _UidPool:
-  """Hands out random per-run uids in [base, base + UID_RANGE), distinct within
-  this process; random so that several processes (pytest-xdist workers, two
-  trainers) sharing a machine practically never collide (p ~ 4e-9 per pair
-  of concurrent runs)."""
-
-  def __init__(self, base: int):
-    self.base = base
-    self._used: set[int] = set()
-    self._lock = threading.Lock()
-    self._rng = random.SystemRandom()
-
-  def acquire(self) -> int:
-    with self._lock:
-      while True:
-        uid = self.base + self._rng.randrange(UID_RANGE)
-        if uid not in self._used:
-          self._used.add(uid)
-          return uid
-
-  def release(self, uid: int) -> None:
-    with self._lock:
-      self._used.discard(uid)
-
-
-_UID_POOLS: dict[int, _UidPool] = {}
-_UID_POOLS_LOCK = threading.Lock()
-
-
-def _uid_pool(base: int) -> _UidPool:
-  with _UID_POOLS_LOCK:
-    if base not in _UID_POOLS:
-      _UID_POOLS[base] = _UidPool(base)
-    return _UID_POOLS[base]
-
-
-def _proc_status(pid: str) -> tuple[int, str, int] | None:
-  """(real uid, state letter, session id) of /proc/PID, None if gone."""
-  try:
-    with open(f"/proc/{pid}/status") as f:
-      text = f.read()
-  except OSError:
-    return None
-  uid, state, sid = -1, "?", None
-  for line in text.splitlines():
-    if line.startswith("Uid:"):
-      uid = int(line.split()[1])
-    elif line.startswith("State:"):
-      state = line.split()[1]
-    elif line.startswith("NSsid:"):
-      sid = int(line.split()[1])
-  if sid is None:  # kernels before 4.1 have no NSsid line
-    try:
-      with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-      sid = int(stat[stat.rindex(")") + 2:].split()[3])
-    except (OSError, ValueError, IndexError):
-      sid = -1
-  return uid, state, sid
-
-
-def _cmdline_has(pid: str, marker: bytes) -> bool:
-  try:
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-      return marker in f.read()
-  except OSError:
-    return False
-
-
-def live_processes(*, uid: int | None = None, session: int | None = None,
-                   marker: str | None = None) -> list[int]:
-  """Pids of non-zombie processes with this real uid, or (without a uid) in
-  this session or with `marker` in their command line."""
-  out = []
-  try:
-    names = os.listdir("/proc")
-  except OSError:
-    return out
-  me = os.getpid()
-  m = marker.encode() + b"\0" if marker else None  # argv entries end with NUL
-  for name in names:
-    if not name.isdigit() or int(name) == me:
-      continue
-    st = _proc_status(name)
-    if st is None or st[1] in ("Z", "X"):
-      continue
-    if uid is not None:
-      if st[0] == uid:
-        out.append(int(name))
-    elif (session is not None and st[2] == session) or (m and _cmdline_has(name, m)):
-      out.append(int(name))
-  return out
-
-
-def _kill_all(*, uid: int | None = None, session: int | None = None,
-              marker: str | None = None, timeout_s: float = 2.0) -> bool:
-  """SIGKILLs matching processes until none is left; True when clean."""
-  deadline = time.monotonic() + timeout_s
-  while True:
-    pids = live_processes(uid=uid, session=session, marker=marker)
-    if not pids:
-      return True
-    if time.monotonic() > deadline:
-      log.warning("sandbox: processes %s survived the final kill", pids)
-      return False
-    for pid in pids:
-      try:
-        os.kill(pid, signal.SIGKILL)
-      except OSError:
-        pass
-    time.sleep(0.005)
-
-
 def _stdlib_probe_code() -> str:
   return ("import json, collections, re, math, itertools, functools, heapq, "
           "fractions, decimal, string, random, bisect\nprint('rlx-probe-ok')\n")
@@ -331,11 +213,11 @@ def _probe(config: SandboxConfig) -> Capabilities:
   notes = []
   for python in cands:
     caps = Capabilities(python, False, False, False, False)
-    uid = _uid_pool(config.uid_base).acquire() if (config.isolate and is_root) else None
+    uid = uid_pool(config.uid_base).acquire() if (config.isolate and is_root) else None
     res, got = _execute(Job(_stdlib_probe_code()), config, caps, probe_uid=uid,
                         soft_features=want)
     if uid is not None:
-      _uid_pool(config.uid_base).release(uid)
+      uid_pool(config.uid_base).release(uid)
     if got is None or "rlx-probe-ok" not in res.stdout:
       notes.append(f"{python}: probe failed ({res.status}: {res.stderr[-300:]!r})")
       continue
@@ -410,7 +292,7 @@ def _execute(job: Job, config: SandboxConfig, caps: Capabilities, *,
     if soft:
       uid = probe_uid
     elif caps.drop_uid:
-      pool = _uid_pool(config.uid_base)
+      pool = uid_pool(config.uid_base)
       uid = pool.acquire()
     nonce = secrets.token_hex(16) if job.test is not None else None
     features = soft_features or dict(net=caps.net, fs=caps.fs, pid=caps.pid)
@@ -563,10 +445,10 @@ def _cleanup(proc: subprocess.Popen | None, uid: int | None, sweep: bool,
     return
   _killpg(proc)  # members of the launcher's group that outlived it
   if uid is not None:
-    _kill_all(uid=uid)
+    kill_all(uid=uid)
   else:
     # Forked children keep the launcher's command line, which names the job dir.
-    _kill_all(session=proc.pid, marker=jobdir)
+    kill_all(session=proc.pid, marker=jobdir)
 
 
 class Sandbox:
