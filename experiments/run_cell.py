@@ -32,6 +32,8 @@ from typing import Any, Sequence
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from rlx.train import metrics as metrics_lib  # noqa: E402
+
 # Arguments that define a cell's budget: a finished cell is reused only if they match.
 BUDGET_KEYS = ("steps", "sft_steps", "sft_batch")
 
@@ -159,15 +161,12 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
   check_args(args)
   wd = cell_dir(args.out, args.task, args.variant, args.scale, args.estimator, args.seed)
   meta_path = os.path.join(wd, "cell.json")
-  old = _read_json(meta_path)
+  old = check_budget(args)
   budget = {k: getattr(args, k) for k in BUDGET_KEYS}
-  if old is not None and not args.force:
-    if {k: old.get(k) for k in BUDGET_KEYS} != budget:
-      raise ValueError(f"{wd} holds a cell with budget {({k: old.get(k) for k in BUDGET_KEYS})}, "
-                       f"not {budget}: pass --force to re-run it, or another --out.")
-    if old.get("status") == "done" and last_step(wd) == args.steps:
-      logging.info("Cell already finished: %s (--force re-runs it).", wd)
-      return old
+  if (old is not None and not args.force and old.get("status") == "done"
+      and finished(wd, args.steps)):
+    logging.info("Cell already finished: %s (--force re-runs it).", wd)
+    return old
   if args.force and os.path.exists(wd):
     shutil.rmtree(wd)
   os.makedirs(wd, exist_ok=True)
@@ -183,20 +182,24 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
           "sft_dir": os.path.dirname(hf), "sft_wall_s": sft_wall, "sft_ran_here": sft_ran,
           "command": "python " + " ".join(sys.argv),
           "commit": git_commit(), "machine": machine(), "status": "running",
-          # An interrupted cell resumes from its last checkpoint; rl_wall_s then
-          # counts only the resumed part.
+          # An interrupted cell resumes from its last checkpoint; rl_wall_s adds the
+          # time of the earlier part when it was recorded (a stop, not a SIGKILL).
           "resumed": old is not None and not args.force}
+  earlier = float(old.get("rl_wall_s") or 0.0) if meta["resumed"] else 0.0
   _write_json(meta_path, meta)
   t0 = time.time()
   last = run(cfg, wd)
   reached = last_step(wd)
-  if reached != args.steps:  # stopped by a signal: the trainer saved a checkpoint and returned
-    meta.update(status="stopped", stopped_at_step=reached, rl_wall_s=time.time() - t0)
+  if not finished(wd, args.steps):  # stopped by a signal: the trainer saved and returned
+    meta.update(status="stopped", stopped_at_step=reached,
+                rl_wall_s=earlier + time.time() - t0)
     _write_json(meta_path, meta)
     logging.warning("Cell %s stopped at step %s of %d; the same command resumes it.", wd,
                     reached, args.steps)
     return meta
-  meta.update(status="done", rl_wall_s=time.time() - t0, final=last)
+  if not last:  # resumed from the checkpoint of the last step: nothing left to train
+    last = metrics_lib.read_jsonl(os.path.join(wd, "metrics.jsonl"))[-1]
+  meta.update(status="done", rl_wall_s=earlier + time.time() - t0, final=last)
   _write_json(meta_path, meta)
   logging.info("Cell %s done: RL %.0f s (SFT %.0f s%s).", wd, meta["rl_wall_s"], sft_wall,
                "" if sft_ran else ", shared")
@@ -208,9 +211,25 @@ def last_step(wd: str) -> int | None:
   path = os.path.join(wd, "metrics.jsonl")
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    steps = [json.loads(line)["step"] for line in f if line.strip()]
-  return max(steps, default=None)
+  return max((int(r["step"]) for r in metrics_lib.read_jsonl(path)), default=None)
+
+
+def finished(wd: str, steps: int) -> bool:
+  """RL in WD reached its last step and exported the policy (a stop during the
+  last step logs that step but skips the export)."""
+  return last_step(wd) == steps and os.path.exists(os.path.join(wd, "hf", "config.json"))
+
+
+def check_budget(args: argparse.Namespace) -> dict[str, Any] | None:
+  """The cell's existing cell.json (None if none); ValueError if its budget differs
+  from these arguments and --force is not given."""
+  wd = cell_dir(args.out, args.task, args.variant, args.scale, args.estimator, args.seed)
+  old = _read_json(os.path.join(wd, "cell.json"))
+  budget = {k: getattr(args, k) for k in BUDGET_KEYS}
+  if old is not None and not args.force and {k: old.get(k) for k in BUDGET_KEYS} != budget:
+    raise ValueError(f"{wd} holds a cell with budget {({k: old.get(k) for k in BUDGET_KEYS})}, "
+                     f"not {budget}: pass --force to re-run it, or another --out.")
+  return old
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -218,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   try:
     check_args(args)
+    check_budget(args)
   except (KeyError, ValueError) as e:
     print(f"run_cell: {e.args[0] if e.args else e}", file=sys.stderr)
     return 2

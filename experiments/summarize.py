@@ -25,6 +25,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from rlx.train import metrics as metrics_lib  # noqa: E402
+
 # Constraint-violation rates: task -> [(label, reward name)]; rate = 1 - held-out mean.
 VIOLATIONS = {
     "toolcall": [("format failures", "format")],
@@ -42,8 +45,11 @@ IGNORED_PREFIXES = ("time/", "throughput/", "memory/")
 
 
 def read_jsonl(path: str) -> list[dict[str, float]]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """Metric rows; a line cut by a kill is skipped, and "nan"/"inf" (how the
+  trainer writes non-finite values) are read back as floats."""
+  def num(v):
+    return float(v) if isinstance(v, str) and v in ("nan", "inf", "-inf") else v
+  return [{k: num(v) for k, v in r.items()} for r in metrics_lib.read_jsonl(path)]
 
 
 def load_cells(runs: str) -> tuple[list[dict[str, Any]], list[str]]:
@@ -73,7 +79,11 @@ def incomplete(meta: dict[str, Any], rows: list[dict[str, float]]) -> str | None
   if meta.get("status") != "done":
     return f"status {meta.get('status')!r}, not 'done'"
   steps = meta.get("steps")
-  last = max((int(r["step"]) for r in rows), default=None)
+  counted = collections.Counter(int(r["step"]) for r in rows)
+  repeated = sorted(st for st, n in counted.items() if n > 1)
+  if repeated:
+    return f"metrics repeat steps {repeated[:5]}"
+  last = max(counted, default=None)
   if last != steps:
     return f"metrics end at step {last}, not at the last step {steps}"
   first = next(iter(meta.get("rewards") or {}), None)
@@ -341,10 +351,11 @@ def compare(dir_a: str, dir_b: str) -> tuple[float, list[str]]:
     a, b = ia.get(key), ib.get(key)
     if a is None or b is None:
       d = math.inf
-    elif (a != a) and (b != b):  # both NaN
+    elif a == b or (a != a and b != b):  # equal, or both NaN
       d = 0.0
     else:
-      d = abs(a - b) if (a == a and b == b) else math.inf
+      d = abs(a - b)
+      d = d if d == d else math.inf  # NaN against a number, or inf against -inf
     if d > 0:
       differ.add(key[1])
     worst = max(worst, d)

@@ -17,6 +17,7 @@ import summarize  # noqa: E402
 
 from rlx.advantages import AdvantageInputs, compute_advantages  # noqa: E402
 from rlx.rewards.registry import REWARD_FNS  # noqa: E402
+from rlx.train import metrics as metrics_lib  # noqa: E402
 from rlx.train.config import load_config  # noqa: E402
 
 MACHINE = {"platform": "cpu", "device": "cpu", "num_devices": 1, "cpu": "Test CPU", "cores": 2,
@@ -45,6 +46,10 @@ def _write_cell(runs, cellset, task, variant, est, seed, rewards, evals, train, 
       rows.append(r)
   with open(os.path.join(d, "metrics.jsonl"), "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in rows)
+  if status == "done":  # the exported policy
+    os.makedirs(os.path.join(d, "hf"))
+    with open(os.path.join(d, "hf", "config.json"), "w") as f:
+      f.write("{}")
   meta = {"task": task, "variant": variant, "scale": "small", "estimator": est, "seed": seed,
           "steps": steps, "sft_steps": 300, "sft_batch": 16, "cellset": cellset,
           "rewards": rewards, "group_size": 8, "batch_prompts": 16, "max_new_tokens": 48,
@@ -239,7 +244,7 @@ def test_finished_cell_is_reused_only_with_the_same_budget(tmp_path):
   args = run_cell.build_parser().parse_args(argv + ["--steps", "5"])
   with pytest.raises(ValueError, match="--force"):
     run_cell.run_cell(args)
-  assert sorted(os.listdir(d)) == ["cell.json", "metrics.jsonl"]
+  assert sorted(os.listdir(d)) == ["cell.json", "hf", "metrics.jsonl"]
 
 
 def test_summary_leaves_out_a_cell_that_stopped_early(toolcall_runs, tmp_path):
@@ -267,13 +272,22 @@ def test_cell_stopped_by_a_signal_is_not_done_and_resumes(tmp_path, monkeypatch,
   import rlx.main
   out = str(tmp_path)
   monkeypatch.setattr(run_cell, "ensure_sft", lambda args: (str(tmp_path / "hf"), 1.0, False))
-  stop_at = [2]  # the fake trainer's last step: 2 of 4 (a SIGTERM), then 4 of 4
+  # The fake trainer's runs: a SIGTERM in step 3 (steps 0-2 logged), one during the
+  # last step (step 4 logged, no export), then the end (the export).
+  plan = [(2, False), (4, False), (4, True)]
 
   def fake_run(cfg, wd):
+    stop_at, export = plan.pop(0)
+    rows = metrics_lib.read_jsonl(os.path.join(wd, "metrics.jsonl")) if os.path.exists(
+        os.path.join(wd, "metrics.jsonl")) else []
     with open(os.path.join(wd, "metrics.jsonl"), "a") as f:
-      for step in range(stop_at[0] + 1):
+      for step in range(len(rows), stop_at + 1):
         f.write(json.dumps({"step": step, "eval/format": 0.5}) + "\n")
-    return {"eval/format": 0.5}
+    if export:
+      os.makedirs(os.path.join(wd, "hf"))
+      with open(os.path.join(wd, "hf", "config.json"), "w") as f:
+        f.write("{}")
+    return {}
 
   monkeypatch.setattr(rlx.main, "run", fake_run)
   argv = ["--task", "toolcall", "--estimator", "gdpo", "--out", out, "--sft_steps", "300",
@@ -283,13 +297,46 @@ def test_cell_stopped_by_a_signal_is_not_done_and_resumes(tmp_path, monkeypatch,
   with open(meta_path) as f:
     meta = json.load(f)
   assert (meta["status"], meta["stopped_at_step"], meta["resumed"]) == ("stopped", 2, False)
-  stop_at[0] = 4
+  meta["rl_wall_s"] = 1000.0  # the stopped part's time is added on resume
+  with open(meta_path, "w") as f:
+    json.dump(meta, f)
+  assert run_cell.main(argv) == 3  # stopped in the last step: logged, not exported
+  with open(meta_path) as f:
+    meta = json.load(f)
+  assert (meta["status"], meta["stopped_at_step"], meta["resumed"]) == ("stopped", 4, True)
+  assert meta["rl_wall_s"] >= 1000.0
   assert run_cell.main(argv) == 0
   with open(meta_path) as f:
     meta = json.load(f)
-  assert (meta["status"], meta["resumed"]) == ("done", True)
-  assert run_cell.main(argv) == 0  # finished: skipped
+  assert (meta["status"], meta["resumed"], meta["final"]) == ("done", True,
+                                                               {"step": 4, "eval/format": 0.5})
+  assert meta["rl_wall_s"] >= 1000.0 and plan == []
+  assert run_cell.main(argv) == 0  # finished: skipped (plan is empty: no training)
   assert '"status": "done"' in capsys.readouterr().out
+  # Another budget for the same cell: exit status 2 with the reason, before any compute.
+  assert run_cell.main(argv[:-1] + ["5"]) == 2
+  assert "pass --force" in capsys.readouterr().err
+
+
+def test_summary_reads_non_finite_values_and_rejects_repeated_steps(toolcall_runs, tmp_path):
+  d = os.path.join(toolcall_runs, "toolcall", "grpo_s0")
+  path = os.path.join(d, "metrics.jsonl")
+  with open(path) as f:
+    lines = f.readlines()
+  row = json.loads(lines[1])
+  row["loss"] = "nan"  # as rlx.train.metrics writes a non-finite value
+  lines[1] = json.dumps(row) + "\n"
+  with open(path, "w") as f:
+    f.writelines(lines + ['{"step": 4, "eval/format": 0.'])  # a line cut by a kill
+  rows = summarize.read_jsonl(path)
+  assert len(rows) == len(lines) and np.isnan(rows[1]["loss"])
+  assert summarize.compare(d, d) == (0.0, [])
+  with open(path, "a") as f:
+    f.write("\n" + lines[-1])  # step 4 twice
+  cells, unfinished = summarize.load_cells(toolcall_runs)
+  assert unfinished == [d] and len(cells) == 3
+  assert "repeat steps [4]" in summarize.incomplete(
+      {"status": "done", "steps": 4, "rewards": {"format": 1.0}}, summarize.read_jsonl(path))
 
 
 def test_grid_commands():
