@@ -9,6 +9,7 @@ SFT in `workdir/sft`. Restarting in the same workdir resumes.
 """
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import os
@@ -39,6 +40,24 @@ def check(cfg) -> None:
     place.check_batch(cfg.eval.batch_prompts, "config.eval.batch_prompts")
 
 
+def save_config(cfg, workdir: str) -> str:
+  """Writes WORKDIR/config.json; a different config.json already there (an earlier
+  start of this workdir) is kept as config.N.json, N = 1, 2, ... in order."""
+  path = os.path.join(workdir, "config.json")
+  text = cfg.to_json_best_effort(indent=1)
+  if os.path.exists(path):
+    with open(path) as f:
+      if f.read() == text:
+        return path
+    n = 1
+    while os.path.exists(os.path.join(workdir, f"config.{n}.json")):
+      n += 1
+    os.replace(path, os.path.join(workdir, f"config.{n}.json"))
+  with open(path, "w") as f:
+    f.write(text)
+  return path
+
+
 def run(cfg, workdir: str, *, checked: bool = False) -> dict:
   """Runs the config's trainer in `workdir` (`checked`: `check(cfg)` already ran)."""
   if not checked:
@@ -46,8 +65,7 @@ def run(cfg, workdir: str, *, checked: bool = False) -> dict:
   os.makedirs(workdir, exist_ok=True)
   import jax
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(cfg.to_json_best_effort(indent=1))
+    save_config(cfg, workdir)
   if cfg.trainer == "sft":
     from rlx.train.sft import train_sft
     return {"hf": train_sft(cfg, workdir)}
@@ -62,6 +80,31 @@ def run(cfg, workdir: str, *, checked: bool = False) -> dict:
   return train_rl(cfg, workdir, init_checkpoint=init)
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing where a bad config override or config argument (an unknown
+  key, a wrong type, an unknown task) is a one-line message and exit status 2."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+    msg = str(e.args[0] if e.args else e)
+    if "Traceback (most recent call last)" in msg:  # an error inside get_config(arg)
+      msg = [line for line in msg.splitlines() if line.strip()][-1]
+    if isinstance(e, (AttributeError, KeyError)):  # repr-quoted by ml_collections / KeyError
+      try:
+        msg = str(ast.literal_eval(msg))
+      except (ValueError, SyntaxError):
+        pass
+    if isinstance(e, AttributeError):  # an override of a key the config does not have
+      first, *rest = msg.splitlines() or [""]
+      msg = " ".join([f"unknown config key {first}.", *rest,
+                      "(Overrides set existing keys; set an options dict whole, e.g. "
+                      "--config.advantage.options=\"{'eps': 1e-4}\".)"])
+    print(f"rlx: config error: {msg.strip()}", file=sys.stderr)
+    print("Usage: python -m rlx.main --config=configs/FILE.py[:ARGS] --workdir=DIR "
+          "[--config.KEY=VALUE ...]", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -71,9 +114,15 @@ def main(argv):
   except (KeyError, ValueError, TypeError) as e:
     print(f"rlx: config error: {e.args[0] if e.args else e}", file=sys.stderr)
     sys.exit(2)
-  out = run(cfg, _WORKDIR.value, checked=True)
+  from rlx.train.checkpoint import CheckpointMismatch
+  try:
+    out = run(cfg, _WORKDIR.value, checked=True)
+  except CheckpointMismatch as e:  # nothing was written: the checkpoints are as they were
+    print(f"rlx: {e}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(2)  # skips orbax's background threads, which otherwise fail noisily at exit
   print(json.dumps(out, default=float))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -134,8 +134,13 @@ def test_preference_loss_hand_computed():
   assert float(m["tie_abs_gap"]) == pytest.approx(0.5)
 
 
-def test_config_and_errors(tmp_path):
+def test_config_and_errors(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
   cfg = config_lib.load_config("reward_model.py", "path=p.jsonl,loss=soli_tie,steps=7,lr=0.01")
+  if "rm" in config_lib.base_config():
+    with pytest.raises(ValueError, match="config.data.path='p.jsonl' does not exist"):
+      config_lib.validate(cfg)
+  (tmp_path / "p.jsonl").write_text("")
   assert (cfg.trainer, cfg.data.task, cfg.data.path, cfg.train.steps) == (
       "reward_model", "file", "p.jsonl", 7)
   assert cfg.rm.loss == "soli_tie" and cfg.optim.lr == 0.01

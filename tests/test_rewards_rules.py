@@ -115,3 +115,33 @@ def test_completion_text():
                                 {"role": "assistant", "content": "a"},
                                 {"role": "assistant", "content": "b"}]) == "ab"
   assert rules.completion_text({"role": "assistant", "content": None}) == ""
+
+
+def test_reward_options_are_checked_against_the_function():
+  from rlx.rewards.registry import check_reward_kwargs
+  fn = REWARD_FNS.get("length_limit")
+  check_reward_kwargs(fn, {"max_length": 8}, "length_limit")
+  with pytest.raises(TypeError, match="has no option.*'max_lenght'; valid: max_length, "
+                     "length_column"):
+    check_reward_kwargs(fn, {"max_lenght": 8}, "length_limit")
+
+  def no_columns(prompts, completions, *, scale=1.0):
+    return [scale] * len(completions)
+
+  def forwards(prompts, completions, **kwargs):  # may forward options: not checked
+    return no_columns(prompts, completions, **kwargs)
+
+  with pytest.raises(TypeError, match="'bias'; valid: scale"):
+    check_reward_kwargs(no_columns, {"bias": 1}, "no_columns")
+  check_reward_kwargs(forwards, {"bias": 1}, "forwards")
+
+
+def test_config_reward_option_typo_fails_before_compute():
+  from rlx.train.config import check_names, load_config
+  cfg = load_config("gdpo.py", "task=arith")
+  cfg.rewards["len"] = {"fn": "length_limit", "weight": 0.0, "kwargs": {"max_lenght": 4}}
+  with pytest.raises(TypeError, match="config.rewards.len.kwargs: reward function "
+                     "'length_limit' has no option"):
+    check_names(cfg)
+  cfg.rewards["len"]["kwargs"] = {"max_length": 4}
+  check_names(cfg)

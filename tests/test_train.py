@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -117,8 +118,11 @@ def test_half_written_checkpoint_is_ignored(tmp_path):
 
 
 @pytest.mark.parametrize("override,needle", [
-    ("--config.train.stepz=3", "stepz"),
-    ("--config.advantage.estimator=gdp0", "Did you mean 'gdpo'"),
+    ("--config.train.stepz=3", "unknown config key 'stepz'. Did you mean \"steps\""),
+    ("--config.train.steps=abc", "--config.train.steps=abc: invalid literal"),
+    ("--config.train.steps=-1", "config.train.steps must be >= 0, got -1"),
+    ("--config.advantage.estimator=gdp0", "config.advantage.estimator: Unknown advantage "
+     "estimator 'gdp0'. Did you mean 'gdpo'"),
     ("--config.sampling.group_size=3", "minibatches"),
 ])
 def test_bad_config_fails_before_compute(override, needle, data_file, tmp_path):
@@ -127,8 +131,8 @@ def test_bad_config_fails_before_compute(override, needle, data_file, tmp_path):
     extra.append("--config.train.minibatches=4")
   p = subprocess.run(_cmd(str(tmp_path / "wd"), data_file, *extra), env=_env(),
                      capture_output=True, text=True, timeout=120)
-  assert p.returncode != 0
-  assert needle in p.stderr
+  assert p.returncode == 2, p.stderr[-2000:]
+  assert needle in p.stderr and "Traceback" not in p.stderr
   assert not os.path.exists(tmp_path / "wd" / "checkpoints")
 
 
@@ -136,7 +140,7 @@ def test_sigterm_saves_and_resume_matches(uninterrupted, data_file, tmp_path):
   wd = str(tmp_path / "run_c")
   proc = subprocess.Popen(_cmd(wd, data_file, "--config.train.ckpt_every=100"), env=_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  _wait_for_rows(proc, wd, 2)
+  _wait_for_rows(proc, wd, 1)  # the step-0 eval: the SIGTERM lands in an early step
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-2000:]
@@ -189,3 +193,20 @@ def test_nan_loss_skips_the_update_and_counts_it():
   state, m = upd(state, batch)  # finite: applied
   assert float(m["skipped"]) == 0.0 and int(state.skipped) == 1 and int(state.step) == 2
   assert any((a != b).any() for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params)))
+
+
+def test_resume_with_another_model_fails_cleanly_and_keeps_the_run(uninterrupted, data_file,
+                                                                   tmp_path):
+  wd = str(tmp_path / "wd")
+  shutil.copytree(uninterrupted, wd)
+  before = _metrics(wd)
+  p = subprocess.run(_cmd(wd, data_file, "--config.train.steps=6",
+                          "--config.model.arch.hidden_size=64"),
+                     env=_env(), capture_output=True, text=True, timeout=300)
+  assert p.returncode == 2, p.stderr[-3000:]
+  assert "rlx: The checkpoint of step 4 in" in p.stderr
+  assert "does not match this run (Requested shape" in p.stderr
+  assert "rlx/train/rl.py" not in p.stderr  # a message, not a traceback through the trainer
+  assert _metrics(wd) == before  # nothing written: metrics and checkpoints as they were
+  with open(os.path.join(wd, "config.1.json")) as f:  # the config the run was made with
+    assert json.load(f)["model"]["arch"]["hidden_size"] == 32

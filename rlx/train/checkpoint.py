@@ -13,6 +13,10 @@ import jax
 import orbax.checkpoint as ocp
 
 
+class CheckpointMismatch(ValueError):
+  """A workdir's checkpoint does not fit the state of the run trying to resume it."""
+
+
 class Checkpointer:
 
   def __init__(self, directory: str, *, keep: int = 2, async_save: bool = True):
@@ -42,12 +46,21 @@ class Checkpointer:
     abstract = jax.tree.map(
         lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else jax.ShapeDtypeStruct(
             x.shape, x.dtype, sharding=getattr(x, "sharding", None)), abstract_state)
-    out = self.manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract),
-            data=ocp.args.JsonRestore(),
-            meta=ocp.args.JsonRestore()))
+    try:
+      out = self.manager.restore(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract),
+              data=ocp.args.JsonRestore(),
+              meta=ocp.args.JsonRestore()))
+    except (ValueError, TypeError, KeyError) as e:
+      self.close()  # release orbax's threads before raising
+      first = (str(e).strip() or type(e).__name__).splitlines()[0].split(". ")[0]
+      raise CheckpointMismatch(
+          f"The checkpoint of step {step} in {self.directory} does not match this run "
+          f"({first[:300]}). A workdir resumes only with the model and optimizer it was "
+          "started with (its earlier config is kept in the workdir as config.json or "
+          "config.N.json); use a new --workdir for another setting.") from None
     return out["state"], dict(out["data"] or {}), dict(out["meta"] or {})
 
   def wait(self) -> None:

@@ -97,6 +97,12 @@ def validate(cfg: mlc.ConfigDict) -> None:
                      f"{section or 'the top level'}: {', '.join(valid)}.")
   if cfg.trainer not in ("rl", "sft", "reward_model"):
     raise ValueError(f"config.trainer={cfg.trainer!r}; valid: rl, sft, reward_model.")
+  for key in ("train.steps", "sft.steps"):
+    sec, k = key.split(".")
+    if sec in cfg and k in cfg[sec] and cfg[sec][k] < 0:
+      raise ValueError(f"config.{key} must be >= 0, got {cfg[sec][k]}.")
+  if cfg.train.batch_prompts < 1:
+    raise ValueError(f"config.train.batch_prompts must be >= 1, got {cfg.train.batch_prompts}.")
   if cfg.sampling.group_size < 1:
     raise ValueError(f"config.sampling.group_size must be >= 1, got {cfg.sampling.group_size}.")
   n = cfg.train.batch_prompts * cfg.sampling.group_size
@@ -112,6 +118,16 @@ def validate(cfg: mlc.ConfigDict) -> None:
   if cfg.model.init == "checkpoint" and not cfg.model.checkpoint:
     raise ValueError("config.model.init='checkpoint' needs config.model.checkpoint "
                      "(a local Hugging Face directory).")
+  hf_dirs = {"model.checkpoint": cfg.model.checkpoint if cfg.model.init == "checkpoint" else "",
+             "ref.checkpoint": cfg.ref.checkpoint if cfg.ref.source == "checkpoint" else ""}
+  for key, path in hf_dirs.items():
+    if path and "://" not in path and not os.path.isfile(os.path.join(path, "config.json")):
+      where = "in it" if os.path.isdir(path) else "there: no such directory"
+      raise ValueError(f"config.{key}={path!r} is not a local Hugging Face directory "
+                       f"(no config.json {where}).")
+  if cfg.data.task == "file" and cfg.data.path and "://" not in cfg.data.path and not (
+      os.path.exists(cfg.data.path)):
+    raise ValueError(f"config.data.path={cfg.data.path!r} does not exist.")
   rm = cfg.mesh.reward_models
   if rm not in ("policy", "local", "replicated") and not (
       rm.startswith("last:") and rm[5:].isdigit() and int(rm[5:]) > 0):
@@ -161,7 +177,7 @@ def check_names(cfg: mlc.ConfigDict) -> None:
   from rlx.advantages import registry as adv_registry
   from rlx.data import TASKS
   from rlx.data.tasks import get_task
-  from rlx.rewards.registry import REWARD_FNS
+  from rlx.rewards.registry import REWARD_FNS, check_reward_kwargs
   from rlx.train.optim import OPTIMIZERS, SCHEDULES
 
   def wrap(key, fn):
@@ -184,14 +200,19 @@ def check_names(cfg: mlc.ConfigDict) -> None:
   elif not cfg.data.path:
     raise ValueError("config.data.task='file' needs config.data.path.")
   for name, r in cfg.rewards.items():
-    if not callable(r["fn"]):
-      wrap(f"rewards.{name}.fn", lambda: REWARD_FNS.get(r["fn"]))
+    fn = r["fn"] if callable(r["fn"]) else wrap(f"rewards.{name}.fn",
+                                                 lambda: REWARD_FNS.get(r["fn"]))
+    label = getattr(fn, "__name__", repr(fn)) if callable(r["fn"]) else repr(r["fn"])
+    wrap(f"rewards.{name}.kwargs", lambda: check_reward_kwargs(
+        fn, dict(r.get("kwargs", None) or {}), f"reward function {label}"))
   wrap("optim.name", lambda: OPTIMIZERS.get(cfg.optim.name))
   wrap("optim.schedule", lambda: SCHEDULES.get(cfg.optim.schedule))
   if cfg.trainer == "rl":
+    wrap("advantage.estimator", lambda: advantages.ESTIMATORS.get(cfg.advantage.estimator))
     wrap("advantage.options", lambda: adv_registry.check_options(
         advantages.ESTIMATORS, cfg.advantage.estimator, dict(cfg.advantage.options)))
     if cfg.filter.name != "none":
+      wrap("filter.name", lambda: advantages.FILTERS.get(cfg.filter.name))
       wrap("filter.options", lambda: adv_registry.check_options(
           advantages.FILTERS, cfg.filter.name, dict(cfg.filter.options)))
     wrap("loss.terms", lambda: losses.check_terms(

@@ -222,11 +222,11 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
     progress = tqdm(total=cfg.train.steps, initial=start, desc="rl", dynamic_ncols=True)
   last: dict[str, float] = {}
   t_run = time.time()
-  if start == 0 and cfg.train.eval_every:
-    # Held-out rewards of the initial policy (step 0): the baseline RL must beat.
-    writer.write(0, evaluate(cfg, graphdef, state.params, tok, scorer, eval_rows, place,
-                             eval_settings, eval_key))
-  with _Stop() as stop:
+  with _Stop() as stop:  # installed first: a SIGTERM from here on saves and exits cleanly
+    if start == 0 and cfg.train.eval_every:
+      # Held-out rewards of the initial policy (step 0): the baseline RL must beat.
+      writer.write(0, evaluate(cfg, graphdef, state.params, tok, scorer, eval_rows, place,
+                               eval_settings, eval_key))
     for step in range(start, cfg.train.steps):
       t0 = time.time()
       key = jax.random.fold_in(base_key, step)
