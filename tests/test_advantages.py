@@ -9,6 +9,7 @@ import pytest
 
 from rlx.advantages import (ESTIMATORS, AdvantageInputs, ReferenceStats, compute_advantages,
                             estimator_options, fit_reference_stats)
+from rlx.advantages.registry import check_options
 
 SQ2 = math.sqrt(2.0)
 
@@ -255,6 +256,10 @@ def test_registry_and_option_errors():
     compute_advantages("gdpo", inputs, 1, epsilon=1e-3)
   with pytest.raises(ValueError, match="missing='nan'.*'leave_out'"):
     compute_advantages("gdpo", inputs, 1, missing="nan")
+  with pytest.raises(TypeError, match="option eps='abc' must be a number"):
+    check_options(ESTIMATORS, "gdpo", {"eps": "abc"})
+  with pytest.raises(TypeError, match="option batch_norm='no' must be True or False"):
+    check_options(ESTIMATORS, "gdpo", {"batch_norm": "no"})
   with pytest.raises(TypeError, match="static Python int"):
     compute_advantages("grpo", inputs, jnp.int32(1))
   with pytest.raises(ValueError, match="pairwise_NM"):

@@ -60,6 +60,12 @@ def check_options(registry: Registry, name: str, options: Mapping[str, Any],
     raise TypeError(
         f"{registry.kind} {name!r} requires option(s) {', '.join(map(repr, missing))}. "
         f"Valid options: {_format_options(defaults)}.")
+  for k, v in options.items():  # a string where a number or a flag is expected (e.g. eps='abc')
+    d = defaults[k]
+    if isinstance(d, (bool, int, float)) and isinstance(v, str):
+      raise TypeError(f"{registry.kind} {name!r}: option {k}={v!r} must be "
+                      f"{'True or False' if isinstance(d, bool) else 'a number'} "
+                      f"(default {d!r}).")
   return fn
 
 
