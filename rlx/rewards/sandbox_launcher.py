@@ -72,22 +72,20 @@ def _exit_code(e):
   _write(2, str(c) + "\n")
   return 1
 
-def _harness(job, nonce):
-  sys.argv = ["solution.py"]
+def _compile_or_exit(source, filename, exit_code):
   try:
-    code = compile(job["code"], "solution.py", "exec")
+    return compile(source, filename, "exec")
   except BaseException:
     _print_exc()
     _flush()
-    os._exit(81)
+    os._exit(exit_code)
+
+def _harness(job, nonce):
+  sys.argv = ["solution.py"]
+  code = _compile_or_exit(job["code"], "solution.py", 81)
   test = None
   if job["test"] is not None:
-    try:
-      test = compile(job["test"], "test.py", "exec")
-    except BaseException:
-      _print_exc()
-      _flush()
-      os._exit(83)
+    test = _compile_or_exit(job["test"], "test.py", 83)
   main_mod = type(sys)("__main__")  # a fresh __main__ module for the program
   sys.modules["__main__"] = main_mod
   g = main_mod.__dict__

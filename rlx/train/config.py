@@ -97,10 +97,9 @@ def validate(cfg: mlc.ConfigDict) -> None:
                      f"{section or 'the top level'}: {', '.join(valid)}.")
   if cfg.trainer not in ("rl", "sft", "reward_model"):
     raise ValueError(f"config.trainer={cfg.trainer!r}; valid: rl, sft, reward_model.")
-  for key in ("train.steps", "sft.steps"):
-    sec, k = key.split(".")
-    if sec in cfg and k in cfg[sec] and cfg[sec][k] < 0:
-      raise ValueError(f"config.{key} must be >= 0, got {cfg[sec][k]}.")
+  for key, steps in (("train.steps", cfg.train.steps), ("sft.steps", cfg.sft.steps)):
+    if steps < 0:
+      raise ValueError(f"config.{key} must be >= 0, got {steps}.")
   if cfg.train.batch_prompts < 1:
     raise ValueError(f"config.train.batch_prompts must be >= 1, got {cfg.train.batch_prompts}.")
   if cfg.sampling.group_size < 1:
