@@ -2,6 +2,7 @@
 
 import hypothesis
 import hypothesis.strategies as st
+from hyp import examples
 import numpy as np
 import pytest
 import transformers
@@ -34,7 +35,7 @@ def test_fixed_ids(tok):
   assert tok_lib.char_vocab("é→") == tok.get_vocab()
 
 
-@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.settings(max_examples=examples(200))
 @hypothesis.given(st.text(alphabet=PRINTABLE + "é", max_size=80))
 def test_round_trip(tok, s):
   ids = tok(s, add_special_tokens=False)["input_ids"]

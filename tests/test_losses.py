@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hyp import examples
 
 from rlx.losses import (LOSS_TERMS, LossInputs, aggregate, check_terms, drpo, kl_estimate,
                         policy_gradient, token_weights, total_loss, truncated_is_weights)
@@ -169,7 +170,7 @@ def test_pg_metrics_hand_example():
 # KL estimators
 # ----------------------------------------------------------------------------
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200))
 @given(st.lists(st.floats(-60, 60, width=32), min_size=1, max_size=16),
        st.lists(st.floats(-60, 60, width=32), min_size=1, max_size=16))
 def test_k3_nonnegative(a, b):

@@ -4,6 +4,7 @@ import math
 
 import hypothesis
 import hypothesis.strategies as st
+from hyp import examples
 import numpy as np
 import pytest
 
@@ -175,7 +176,7 @@ def test_outcome_matrix_hand_computed():
   np.testing.assert_allclose(rms.win_rates(want0), [2 / 3, 1 / 3, 1 / 2, 1 / 2])
 
 
-@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.settings(max_examples=examples(60))
 @hypothesis.given(st.integers(2, 7), st.floats(0.0, 0.5), st.integers(0, 2**31 - 1))
 def test_outcome_matrix_antisymmetric(g, margin, seed):
   rng = np.random.default_rng(seed)

@@ -3,6 +3,7 @@ import functools
 
 import pytest
 from hypothesis import given, settings, strategies as st
+from hyp import examples
 
 from rlx.rewards import REWARD_FNS
 from rlx.rewards import rules
@@ -67,7 +68,7 @@ def test_dapo_overlong_worked_example():
     g([""], ["a"], max_length=4, cache_length=8)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200))
 @given(st.integers(1, 500), st.integers(0, 500), st.integers(0, 1000))
 def test_dapo_overlong_invariants(lmax, c, length):
   c = min(c, lmax)

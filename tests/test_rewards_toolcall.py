@@ -8,6 +8,7 @@ import json
 
 import pytest
 from hypothesis import given, settings, strategies as st
+from hyp import examples
 
 from rlx.rewards import REWARD_FNS
 from rlx.rewards import toolcall
@@ -133,7 +134,7 @@ calls = st.lists(st.builds(lambda n, p: {"name": n, "parameters": p}, names, par
                  min_size=1, max_size=3)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200))
 @given(calls, calls)
 def test_score_range_and_exact_match(gold, pred):
   r = toolcall.tool_call_score(gold, pred)

@@ -1,6 +1,7 @@
 """Sampling filters and the sampling step, against transformers' logits warpers."""
 import hypothesis
 import hypothesis.strategies as st
+from hyp import examples
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,7 +33,7 @@ def kept(x):
   return np.isfinite(np.asarray(x))
 
 
-@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.settings(max_examples=examples(40))
 @hypothesis.given(
     seed=st.integers(0, 2**31 - 1),
     temperature=st.sampled_from([0.3, 1.0, 1.7]),

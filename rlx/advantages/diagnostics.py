@@ -44,16 +44,22 @@ def reward_moments(inputs: AdvantageInputs) -> dict[str, Array]:
 
 def reward_correlation_matrix(rewards_NK: Array, mask_NK: Array) -> Array:
   """[K, K] Pearson correlation over the rows where both rewards are present
-  (1 on the diagonal, 0 where undefined)."""
+  (1 on the diagonal, 0 where undefined, also for a reward whose spread is at
+  the rounding level of its values: segments.rounding_floor)."""
   obsf = mask_NK.astype(rewards_NK.dtype)
   n_kl = obsf.T @ obsf
-  x = jnp.where(mask_NK, rewards_NK, 0)
+  raw = jnp.where(mask_NK, rewards_NK, 0)
+  big_K = jnp.abs(raw).max(0, initial=0)
+  low_K = jnp.where(mask_NK, rewards_NK, jnp.inf).min(0, initial=jnp.inf)
+  x = jnp.where(mask_NK, raw - jnp.where(jnp.isfinite(low_K), low_K, 0), 0)  # shifted: less cancellation
   sx = x.T @ obsf                 # [k, l]: sum of x_k over rows with k and l present
   sxy = x.T @ x
   sxx = (x * x).T @ obsf
   nn = jnp.maximum(n_kl, 1)
   cov = sxy - sx * sx.T / nn
   vx = jnp.maximum(sxx - sx * sx / nn, 0)
+  floor = seg.rounding_floor(big_K, x.dtype)[:, None]
+  vx = jnp.where(vx > nn * floor * floor, vx, 0)
   den = jnp.sqrt(vx * vx.T)
   corr = jnp.where((den > 0) & (n_kl > 1), cov / jnp.where(den > 0, den, 1), 0)
   k = rewards_NK.shape[1]

@@ -18,6 +18,11 @@ those of METHODS.md section 1. Conventions shared by all estimators:
 * A left-out row, a group of one member and a zero-variance group give a
   finite advantage: 0 where the reward is constant in the group (TMN keeps its
   own G=1 rule: mean 0, variance 1).
+* A group or batch std at the rounding level of what it normalizes counts as
+  zero (segments.py, "Degenerate statistics"): values that differ by float
+  rounding only get advantage 0 whatever eps, and the row order changes no
+  advantage beyond rounding. Sums carry the magnitude of their terms
+  (`combined_magnitude`, `group_zscore_with_magnitude`) into later statistics.
 """
 from __future__ import annotations
 
@@ -63,6 +68,11 @@ def combined_reward(inputs: AdvantageInputs, missing: str, who: str
   return s, mask, x
 
 
+def combined_magnitude(x_NK: Array, inputs: AdvantageInputs) -> Array:
+  """sum_k |w_k x_k|: the size of the terms of s (its rounding level's scale)."""
+  return jnp.abs(x_NK) @ jnp.abs(inputs.weights_K)
+
+
 def as_per_reward(value: Any, inputs: AdvantageInputs, option: str, who: str) -> Array:
   """A scalar, a length-K sequence or a {reward name: value} mapping -> [K]."""
   k = inputs.num_rewards
@@ -94,8 +104,9 @@ def grpo(inputs: AdvantageInputs, *, num_groups: int, eps: float = 1e-4,
 
   eps 1e-4 is TRL's (verl uses 1e-6); scale_std=False gives Dr. GRPO.
   """
-  s, mask, _ = combined_reward(inputs, missing, "grpo")
-  m = seg.group_moments(s, mask, inputs.group_ids_N, num_groups, ddof)
+  s, mask, x = combined_reward(inputs, missing, "grpo")
+  m = seg.group_moments(s, mask, inputs.group_ids_N, num_groups, ddof,
+                        combined_magnitude(x, inputs))
   if scale_std:
     scale = seg.safe_divide(jnp.ones_like(s), m.std + eps, mask & (m.count > ddof))
   else:
@@ -114,8 +125,9 @@ def dr_grpo(inputs: AdvantageInputs, *, num_groups: int, missing: str = "sum_ava
 def rloo(inputs: AdvantageInputs, *, num_groups: int, missing: str = "sum_available"
          ) -> tuple[Array, Diagnostics]:
   """RLOO: A_i = s_i - mean_{j in g, j != i} s_j = n/(n-1) (s_i - mean_g s); 0 if n = 1."""
-  s, mask, _ = combined_reward(inputs, missing, "rloo")
-  m = seg.group_moments(s, mask, inputs.group_ids_N, num_groups, ddof=1)
+  s, mask, x = combined_reward(inputs, missing, "rloo")
+  m = seg.group_moments(s, mask, inputs.group_ids_N, num_groups, ddof=1,
+                        magnitude=combined_magnitude(x, inputs))
   scale = seg.safe_divide(m.count, m.count - 1, mask & (m.count > 1))
   return m.centered * scale, {"sum_scale_N": scale, "sum_mask_N": mask}
 
@@ -127,19 +139,19 @@ def reinforce_batch(inputs: AdvantageInputs, *, num_groups: int, scale_std: bool
   """REINFORCE with a batch baseline: A = s - mean_batch s (optionally / (std_batch + eps))."""
   del num_groups
   s, mask, x = combined_reward(inputs, missing, "reinforce_batch")
-  mean, var, total = seg.batch_moments(s, mask, ddof)
+  mean, var, total = seg.batch_moments(s, mask, ddof, magnitude=combined_magnitude(x, inputs))
   if scale_std:
     scale = seg.safe_divide(jnp.ones_like(s), jnp.sqrt(var) + eps, mask & (total > ddof))
   else:
     scale = mask.astype(s.dtype)
 
   def contrib(rows):  # Per-reward parts on the diagnostic rows (batch means taken there).
-    m = mask[rows][:, None].astype(x.dtype)
+    m = (mask[rows] & (var > 0))[:, None].astype(x.dtype)
     xr = x[rows]
     xmean = (xr * m).sum(0) / jnp.maximum(m.sum(), 1)
     return (xr - xmean) * m * inputs.weights_K * scale[rows][:, None]
 
-  return (s - mean) * scale, {"contrib_NK": contrib}
+  return seg.batch_center(s, mask, mean, var) * scale, {"contrib_NK": contrib}
 
 
 # ----------------------------------------------------------------------------
@@ -149,8 +161,9 @@ MISSING_DECOUPLED = ("leave_out", "zero_fill")
 
 
 def _per_reward_group_z(inputs: AdvantageInputs, num_groups: int, eps: float, ddof: int,
-                        missing: str, who: str) -> tuple[Array, Array]:
-  """Group z-score of every reward: (z_NK, row mask of rows that carry a signal)."""
+                        missing: str, who: str) -> tuple[Array, Array, Array]:
+  """Group z-score of every reward: (z_NK, row mask of rows that carry a
+  signal, magnitude_N of the weighted sum z @ w)."""
   check_choice(missing, MISSING_DECOUPLED, "missing", who)
   if missing == "leave_out":
     mask = observed(inputs)
@@ -159,8 +172,9 @@ def _per_reward_group_z(inputs: AdvantageInputs, num_groups: int, eps: float, dd
     mask = jnp.broadcast_to(inputs.valid_N[:, None], inputs.rewards_NK.shape)
     rows = inputs.valid_N
   x = jnp.where(jnp.isnan(inputs.rewards_NK), 0, inputs.rewards_NK)
-  z = seg.group_zscore(x, mask, inputs.group_ids_N, num_groups, eps=eps, ddof=ddof)
-  return z, rows
+  z, mag_NK = seg.group_zscore_with_magnitude(x, mask, inputs.group_ids_N, num_groups,
+                                              eps=eps, ddof=ddof)
+  return z, rows, mag_NK @ jnp.abs(inputs.weights_K)
 
 
 @ESTIMATORS.register("gdpo")
@@ -181,7 +195,7 @@ def gdpo(inputs: AdvantageInputs, *, num_groups: int, eps: float = 1e-4, ddof: i
   missing rewards out of the statistics (TRL 1.16 normalize_then_sum).
   """
   check_choice(batch_stats, ("sequence", "token"), "batch_stats", "gdpo")
-  z, rows = _per_reward_group_z(inputs, num_groups, eps, ddof, missing, "gdpo")
+  z, rows, mag = _per_reward_group_z(inputs, num_groups, eps, ddof, missing, "gdpo")
   terms = z * inputs.weights_K
   pre = z @ inputs.weights_K
   diags: Diagnostics = {}
@@ -190,15 +204,16 @@ def gdpo(inputs: AdvantageInputs, *, num_groups: int, eps: float = 1e-4, ddof: i
     adv = pre * scale
   elif batch_stats == "sequence":
     beps = 1e-4 if batch_eps is None else batch_eps
-    mean, var, total = seg.batch_moments(pre, rows, ddof)
-    scale = seg.safe_divide(jnp.ones_like(pre), jnp.sqrt(var) + beps, rows & (total > ddof))
-    adv = (pre - mean) * scale
+    mean, var, total = seg.batch_moments(pre, rows, ddof, magnitude=mag)
+    scale = seg.safe_divide(jnp.ones_like(pre), jnp.sqrt(var) + beps,
+                            rows & (total > ddof) & (var > 0))
+    adv = seg.batch_center(pre, rows, mean, var) * scale
   else:
     beps = 1e-8 if batch_eps is None else batch_eps
     lengths = inputs.require("lengths_N", "gdpo with batch_stats='token'").astype(pre.dtype)
-    mean, var, total = seg.batch_moments(pre, rows, 1, weights=lengths)
-    scale = jnp.where(rows & (total > 1), jax.lax.rsqrt(var + beps), 0)
-    adv = (pre - mean) * scale
+    mean, var, total = seg.batch_moments(pre, rows, 1, weights=lengths, magnitude=mag)
+    scale = jnp.where(rows & (total > 1) & (var > 0), jax.lax.rsqrt(var + beps), 0)
+    adv = seg.batch_center(pre, rows, mean, var) * scale
   if batch_norm:
     diags["batch_mean"] = mean
     diags["batch_std"] = jnp.sqrt(var)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from rlx.advantages import segments as seg
-from rlx.advantages.estimators import combined_reward, observed
+from rlx.advantages.estimators import combined_magnitude, combined_reward, observed
 from rlx.advantages.inputs import AdvantageInputs
 from rlx.advantages.registry import FILTERS
 
@@ -27,11 +27,18 @@ def _finish(keep_G: Array, inputs: AdvantageInputs, num_groups: int) -> tuple[Ar
   return keep_G[inputs.group_ids_N] & inputs.valid_N, keep_G.sum()
 
 
-def _group_range(x: Array, mask: Array, group_ids_N: Array, num_groups: int) -> Array:
-  """max - min over masked-in members; 0 for groups with fewer than one member."""
+def _group_range(x: Array, mask: Array, group_ids_N: Array, num_groups: int,
+                 magnitude: Array | None = None) -> Array:
+  """max - min over masked-in members; 0 for groups with fewer than one member
+  and where the range is at the rounding level of the largest magnitude
+  (default |x|; segments.rounding_floor), as the estimators count it."""
   hi = seg.group_max(x, mask, group_ids_N, num_groups)
   lo = seg.group_min(x, mask, group_ids_N, num_groups)
-  return jnp.where(jnp.isfinite(hi) & jnp.isfinite(lo), hi - lo, 0)
+  mag = jnp.abs(x) if magnitude is None else magnitude
+  floor = seg.rounding_floor(jnp.maximum(seg.group_max(mag, mask, group_ids_N, num_groups), 0),
+                             x.dtype)
+  rng = jnp.where(jnp.isfinite(hi) & jnp.isfinite(lo), hi - lo, 0)
+  return jnp.where(rng > floor, rng, 0)
 
 
 @FILTERS.register("dapo")
@@ -39,8 +46,9 @@ def dapo_filter(inputs: AdvantageInputs, *, num_groups: int, tol: float = 0.0,
                 missing: str = "sum_available") -> tuple[Array, Array]:
   """DAPO: drop groups whose combined reward s = sum_k w_k r_k is constant
   (max - min <= tol over the members with a reward)."""
-  s, mask, _ = combined_reward(inputs, missing, "dapo filter")
-  keep_G = _group_range(s, mask, inputs.group_ids_N, num_groups) > tol
+  s, mask, x = combined_reward(inputs, missing, "dapo filter")
+  keep_G = _group_range(s, mask, inputs.group_ids_N, num_groups,
+                        combined_magnitude(x, inputs)) > tol
   return _finish(keep_G, inputs, num_groups)
 
 

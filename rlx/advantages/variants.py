@@ -16,8 +16,8 @@ import numpy as np
 from jax.scipy import special
 
 from rlx.advantages import segments as seg
-from rlx.advantages.estimators import (Array, Diagnostics, as_per_reward, combined_reward,
-                                       observed)
+from rlx.advantages.estimators import (Array, Diagnostics, as_per_reward, combined_magnitude,
+                                       combined_reward, observed)
 from rlx.advantages.inputs import AdvantageInputs
 from rlx.advantages.registry import ESTIMATORS, check_options
 
@@ -41,6 +41,8 @@ def _bnpo(p: Array, mask: Array, group_ids_N: Array, num_groups: int,
   if fixed_ab is None:
     mu = jnp.where(present, m.mean_G, 0).sum(0) / jnp.maximum(n_groups, 1)
     var = jnp.where(present, (m.mean_G - mu) ** 2, 0).sum(0) / jnp.maximum(n_groups - 1, 1)
+    floor = seg.rounding_floor(jnp.where(present, m.magnitude_G, 0).max(0), p.dtype)
+    var = jnp.where(var > floor * floor, var, 0)           # equal means up to rounding
     mu = jnp.where(n_groups > 1, mu, 0.0)
     var = jnp.where(n_groups > 1, var, 1.0)
     c = mu * (1 - mu) / jnp.maximum(var, 1e-12) - 1
@@ -122,9 +124,10 @@ def tmn_reweight(inputs: AdvantageInputs, *, num_groups: int, num_tasks: int = 1
   Tasks come from task_ids_N (all 0 when None) with static num_tasks; a
   group's task is its members' (largest) task id. The recipe uses alpha 0.8.
   """
-  s, mask, _ = combined_reward(inputs, missing, "tmn_reweight")
+  s, mask, x = combined_reward(inputs, missing, "tmn_reweight")
   gid = inputs.group_ids_N
-  m = seg.group_moments(s, mask, gid, num_groups, ddof=1)
+  m = seg.group_moments(s, mask, gid, num_groups, ddof=1,
+                        magnitude=combined_magnitude(x, inputs))
   present = m.count_G > 0
   single_G = m.count_G == 1
   mu_G = jnp.where(single_G, 0, m.mean_G)
@@ -142,7 +145,7 @@ def tmn_reweight(inputs: AdvantageInputs, *, num_groups: int, num_tasks: int = 1
   single_N = single_G[gid]
   centered = jnp.where(single_N, s, m.centered)
   task_N = task_G[gid]
-  adv = centered / (scale_M[task_N] + eps) if scale_by_task else centered
+  adv = seg.safe_divide(centered, scale_M[task_N] + eps) if scale_by_task else centered
   diags: Diagnostics = {}
   if reweight:
     mbar_M = jax.ops.segment_sum(mu_G * presentf, task_G, num_tasks) / n_task
@@ -155,7 +158,7 @@ def tmn_reweight(inputs: AdvantageInputs, *, num_groups: int, num_tasks: int = 1
     diags["mean_pass_rate"] = (p_G * presentf).sum() / jnp.maximum(presentf.sum(), 1)
   else:
     w = 1.0
-  scale = w / (scale_M[task_N] + eps) if scale_by_task else w * jnp.ones_like(s)
+  scale = seg.safe_divide(w, scale_M[task_N] + eps) if scale_by_task else w * jnp.ones_like(s)
   diags["sum_scale_N"] = jnp.where(mask, scale, 0)  # (shares treat G=1 groups as centered)
   diags["sum_mask_N"] = mask
   return jnp.where(mask, adv, 0), diags
@@ -269,13 +272,10 @@ def mapo(inputs: AdvantageInputs, *, num_groups: int, lam: float = 0.5, gamma: f
   power = t_idx[None, :] - t_idx[:, None]  # [t, k] = k - t
   discount_UU = jnp.where(power >= 0, gamma ** jnp.maximum(power, 0).astype(s.dtype), 0)
   ret = s @ discount_UU.T
-  hasf = has.astype(s.dtype)
-  n_t = hasf.sum(0)
-  mean_t = (ret * hasf).sum(0) / jnp.maximum(n_t, 1)
-  dev_t = jnp.where(has, ret - mean_t, 0)
-  var_t = (dev_t ** 2).sum(0) / jnp.maximum(n_t - ddof, 1)
-  z_turn = seg.safe_divide(dev_t, jnp.sqrt(var_t) + eps, has & (n_t > ddof))
-  z_batch = seg.batch_zscore(ret, has, eps=eps, ddof=ddof)
+  mag = jnp.abs(s) @ jnp.abs(discount_UU.T)
+  z_turn = jax.vmap(lambda r, h, g: seg.batch_zscore(r, h, eps=eps, ddof=ddof, magnitude=g),
+                    in_axes=1, out_axes=1)(ret, has, mag)
+  z_batch = seg.batch_zscore(ret, has, eps=eps, ddof=ddof, magnitude=mag)
   adv_NU = jnp.where(has, lam * z_turn + (1 - lam) * z_batch, 0)
   if inputs.turn_ids_NT is None:
     return adv_NU, {}
@@ -348,11 +348,13 @@ def lightningrl(inputs: AdvantageInputs, *, num_groups: int, ddof: int = 0, eps:
   """LightningRL: r = sum_k w_k z_g(r_k) with population std, no eps (term 0
   where the std is 0), then a batch z-score (same conventions)."""
   obs = observed(inputs)
-  z = seg.group_zscore(jnp.where(obs, inputs.rewards_NK, 0), obs, inputs.group_ids_N,
-                       num_groups, eps=eps, ddof=ddof)
+  z, mag_NK = seg.group_zscore_with_magnitude(jnp.where(obs, inputs.rewards_NK, 0), obs,
+                                              inputs.group_ids_N, num_groups, eps=eps, ddof=ddof)
   terms = z * inputs.weights_K
   pre = z @ inputs.weights_K
   rows = obs.any(-1)
-  mean, var, total = seg.batch_moments(pre, rows, batch_ddof)
-  scale = seg.safe_divide(jnp.ones_like(pre), jnp.sqrt(var) + batch_eps, rows & (total > batch_ddof))
-  return (pre - mean) * scale, {"contrib_NK": terms * scale[:, None]}
+  mean, var, total = seg.batch_moments(pre, rows, batch_ddof,
+                                       magnitude=mag_NK @ jnp.abs(inputs.weights_K))
+  scale = seg.safe_divide(jnp.ones_like(pre), jnp.sqrt(var) + batch_eps,
+                          rows & (total > batch_ddof) & (var > 0))
+  return seg.batch_center(pre, rows, mean, var) * scale, {"contrib_NK": terms * scale[:, None]}

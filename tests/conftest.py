@@ -1,0 +1,4 @@
+"""Loads the hypothesis profile (tests/hyp.py) before any test module is imported."""
+import hyp
+
+hyp.load()
