@@ -159,6 +159,12 @@ def test_outputs_finite(b):
 
 
 REVERSED = list(range(N))[::-1]
+# Found by the stress profile (gdpo): rewards 0 and 1 trade off exactly, so the
+# summed z-scores differ only through eps and GDPO's batch step amplifies that.
+_EPS_R = np.full((N, K), -1.625, np.float32)
+_EPS_R[0, :2] = [-2.0, -0.25]
+EPS_SPREAD = dict(CONSTANT, rewards=_EPS_R, groups=np.zeros(N, np.int32),
+                  valid=np.isin(np.arange(N), [0, 3, 4, 8, 9, 10, 11]))
 
 
 @settings(max_examples=examples(150))
@@ -166,13 +172,36 @@ REVERSED = list(range(N))[::-1]
 @example(CANCELLING, REVERSED)
 @example(ROUNDING, REVERSED)
 @example(ROUNDING, [1, 0] + list(range(2, N)))
+@example(EPS_SPREAD, REVERSED)
+@example(EPS_SPREAD, [4, 1, 2, 3, 0] + list(range(5, N)))
 def test_permuting_rows_permutes_advantages(b, perm):
   perm = np.asarray(perm)
   base, permuted = make_inputs(b), make_inputs(b, perm)
   for variant in VARIANTS:
     a = np.asarray(adv_fn(variant)(base)[0], np.float64)
     ap = np.asarray(adv_fn(variant)(permuted)[0], np.float64)
-    np.testing.assert_allclose(ap, a[perm], rtol=1e-5, atol=1e-5, err_msg=variant)
+    diff, tol = np.abs(ap - a[perm]), 1e-5 * (1 + np.abs(a[perm]))
+    if (diff <= tol).all():
+      continue
+    # Some inputs are ill-conditioned (GDPO's batch step on a spread that only
+    # eps made): there row order may move A by float32's own error on this
+    # input, measured against float64, and that error must be small.
+    a64 = advantages64(variant, b)
+    err = np.maximum(np.abs(a - a64)[perm], np.abs(ap - a64[perm]))
+    np.testing.assert_allclose(a, a64, rtol=1e-3, atol=1e-3, err_msg=f"{variant} (float32 vs 64)")
+    np.testing.assert_allclose(ap, a64[perm], rtol=1e-3, atol=1e-3, err_msg=f"{variant} (permuted)")
+    np.testing.assert_array_less(diff, tol + 2 * err + 1e-12, err_msg=variant)
+
+
+def advantages64(variant, b):
+  """The variant's advantages computed in float64 (the rounding-free reference)."""
+  with jax.enable_x64(True):
+    b64 = {key: (v.astype(np.float64) if v.dtype == np.float32 else v) for key, v in b.items()}
+    opts = dict(OPTIONS.get(variant, {}))
+    if "stats" in opts:
+      opts["stats"] = jax.tree.map(lambda x: np.asarray(x, np.float64), opts["stats"])
+    return np.asarray(compute_advantages(estimator_of(variant), make_inputs(b64), G,
+                                         diagnostics=False, **opts)[0], np.float64)
 
 
 @example(CANCELLING)
