@@ -274,6 +274,23 @@ def _block_visible(tiles: _Tiles, mask_args, i, j):
                    sl(qseg_BT, i * bq, bq), sl(kvseg_BS, j * bk, bk), sl(kv_mask_BS, j * bk, bk))
 
 
+def _over_pairs(update, init, ij_P2, need_P):
+  """carry = update(carry, i, j) for each needed block pair, in order.
+
+  A while_loop rather than a scan: under an outer scan or remat, JAX's partial
+  evaluation would split a scan here into a known half whose per-pair block
+  scores become stacked residuals ([P, ..., bq, bk]: T x S memory again); a
+  while_loop is recomputed whole.
+  """
+  def body(state):
+    p, carry = state
+    i, j = ij_P2[p, 0], ij_P2[p, 1]
+    carry = jax.lax.cond(need_P[p], lambda c: update(c, i, j), lambda c: c, carry)
+    return p + 1, carry
+
+  return jax.lax.while_loop(lambda st: st[0] < ij_P2.shape[0], body, (jnp.int32(0), init))[1]
+
+
 def _flash_fwd_impl(tiles: _Tiles, q, k, v, mask_args):
   """q [B, J, Q, T, E] (scaled), k/v [B, J, S, E] -> out (q dtype), lse float32 [B, J, Q, T]."""
   B, J, Q, T, E = q.shape
@@ -282,10 +299,7 @@ def _flash_fwd_impl(tiles: _Tiles, q, k, v, mask_args):
   need_P = _pair_needed(tiles, T, S, *mask_args)
   ij_P2 = jnp.asarray(tiles.pairs_P2, jnp.int32).reshape(-1, 2)
 
-  def step(carry, x):
-    (i, j), need = x
-
-    def update(carry):
+  def update(carry, i, j):
       acc, m, l = carry
       qb = jax.lax.dynamic_slice_in_dim(q, i * bq, bq, 3)
       kb = jax.lax.dynamic_slice_in_dim(k, j * bk, bk, 2)
@@ -307,11 +321,9 @@ def _flash_fwd_impl(tiles: _Tiles, q, k, v, mask_args):
               jax.lax.dynamic_update_slice_in_dim(m, m_new, i * bq, 3),
               jax.lax.dynamic_update_slice_in_dim(l, l_new, i * bq, 3))
 
-    return jax.lax.cond(need, update, lambda c: c, carry), None
-
   init = (jnp.zeros((B, J, Q, T, E), jnp.float32), jnp.full((B, J, Q, T), -jnp.inf, jnp.float32),
           jnp.zeros((B, J, Q, T), jnp.float32))
-  (acc, m, l), _ = jax.lax.scan(step, init, (ij_P2, need_P))
+  acc, m, l = _over_pairs(update, init, ij_P2, need_P)
   live = l > 0
   out = jnp.where(live[..., None], acc / jnp.where(live, l, 1.0)[..., None], 0.0)
   lse = jnp.where(live, m + jnp.log(jnp.where(live, l, 1.0)), 0.0)
@@ -327,10 +339,7 @@ def _flash_bwd_impl(tiles: _Tiles, q, k, v, mask_args, out, lse, dout):
   delta = jnp.einsum("bjqte,bjqte->bjqt", dout.astype(jnp.float32), out.astype(jnp.float32))
   dt = q.dtype
 
-  def step(carry, x):
-    (i, j), need = x
-
-    def update(carry):
+  def update(carry, i, j):
       dq, dk, dv = carry
       qb = jax.lax.dynamic_slice_in_dim(q, i * bq, bq, 3)
       dob = jax.lax.dynamic_slice_in_dim(dout, i * bq, bq, 3)
@@ -351,11 +360,9 @@ def _flash_bwd_impl(tiles: _Tiles, q, k, v, mask_args, out, lse, dout):
           acc, jax.lax.dynamic_slice_in_dim(acc, start, x.shape[axis], axis) + x, start, axis)
       return add(dq, dq_i, i * bq, 3), add(dk, dk_j, j * bk, 2), add(dv, dv_j, j * bk, 2)
 
-    return jax.lax.cond(need, update, lambda c: c, carry), None
-
   init = (jnp.zeros(q.shape, jnp.float32), jnp.zeros(k.shape, jnp.float32),
           jnp.zeros(v.shape, jnp.float32))
-  (dq, dk, dv), _ = jax.lax.scan(step, init, (ij_P2, need_P))
+  dq, dk, dv = _over_pairs(update, init, ij_P2, need_P)
   return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
