@@ -9,7 +9,8 @@ A stand-alone stack of attention layers of workload W's shape (hidden 256,
 batch 1, causal, float32, layers in a lax.scan with full remat as in the
 decoder. Per T one JSON line: for each implementation the XLA temp bytes of
 the compiled value_and_grad (memory_analysis()), and the median wall seconds
-of `repeats` calls after a warm-up call (1 call from T = 8k on). Each line
+of `repeats` calls after a warm-up call (from T = 8k on: one call, no
+warm-up; the executable is compiled before any call). Each line
 also carries the host's fp32 matmul GFLOP/s measured in the same run.
 A dense run whose compiled temp bytes exceed --dense_max_gb, or T above
 --dense_max_T, is compiled only (its temp bytes reported) and not run.
@@ -83,9 +84,11 @@ def run_one(T, impl, args):
                       f"temporaries and about 4x the 8k time (limits --dense_max_gb="
                       f"{args.dense_max_gb}, --dense_max_T={args.dense_max_T})")
     return out
-  jax.block_until_ready(compiled(params, x))  # warm-up
+  long = T >= 8192  # one timed call, no warm-up (compiled above already)
+  if not long:
+    jax.block_until_ready(compiled(params, x))  # warm-up
   ts = []
-  for _ in range(args.repeats if T < 8192 else 1):
+  for _ in range(1 if long else args.repeats):
     t = time.perf_counter()
     jax.block_until_ready(compiled(params, x))
     ts.append(time.perf_counter() - t)

@@ -150,11 +150,12 @@ def test_auto_choice_per_platform():
   assert attn.auto_impl("tpu", dtype=bf16, T=4096, S=4096, E=64, static_offset=False) == "blockwise"
   assert attn.auto_impl("cuda", dtype=bf16, T=1024, S=1024, E=64, gpu_attached=True) == "cudnn"
   assert attn.auto_impl("gpu", dtype=bf16, T=1024, S=1024, E=64, gpu_attached=True) == "cudnn"
-  assert attn.auto_impl("cuda", dtype=f32, T=1024, S=1024, E=64, gpu_attached=True) == "dense"
+  assert attn.auto_impl("cuda", dtype=f32, T=512, S=512, E=64, gpu_attached=True) == "dense"
   assert attn.auto_impl("cuda", dtype=bf16, T=4096, S=4096, E=64, gpu_attached=False) == "blockwise"
   assert attn.auto_impl("cuda", dtype=bf16, T=4096, S=4096, E=256, gpu_attached=True) == "blockwise"
-  assert attn.auto_impl("cpu", dtype=f32, T=2048, S=2048, E=64) == "dense"
-  assert attn.auto_impl("cpu", dtype=f32, T=4096, S=4096, E=64) == "blockwise"
+  assert attn.auto_impl("cpu", dtype=f32, T=512, S=512, E=64) == "dense"
+  assert attn.auto_impl("cpu", dtype=f32, T=1, S=16384, E=64) == "dense"  # decode step
+  assert attn.auto_impl("cpu", dtype=f32, T=1024, S=1024, E=64) == "blockwise"
 
 
 @pytest.mark.parametrize("kwargs,needle", [

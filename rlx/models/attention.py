@@ -46,7 +46,8 @@ ATTENTION = Registry("attention implementation")
 PLATFORMS = {"dense": ("cpu", "cuda", "rocm", "tpu"), "blockwise": ("cpu", "cuda", "rocm", "tpu"),
              "cudnn": ("cuda",), "splash": ("tpu",)}
 _NEG_INF = -0.7 * float(np.finfo(np.float32).max)  # dense: finite additive mask
-DENSE_MAX_SCORES = 1 << 22  # auto: T * S at or below this stays dense
+DENSE_MAX_SCORES = 1 << 19  # auto: T * S at or below this stays dense (CPU: blockwise
+# measured faster from T = S = 1k on; bench/seqlen.py)
 
 
 @dataclasses.dataclass(frozen=True)
