@@ -210,3 +210,21 @@ def test_exports_for_cuda(T):
   assert picked == ("dense" if T == 256 else "blockwise")
   text = _export("cuda", "auto", T)
   assert ("while" in text) == (picked == "blockwise")  # blockwise's scan over block pairs
+
+
+def test_blockwise_memory_is_linear_under_scan_and_remat():
+  """value_and_grad through layers in a remat'd lax.scan (as the decoder runs them):
+  XLA temp bytes grow about 2x per doubling of T with blockwise (4x with dense)."""
+  def temp_bytes(impl, T):
+    def loss(x_LBTHE, k_LBTJE):
+      def layer(c, xs):
+        q, k = xs
+        return c + attention(q + c, k, k, impl=impl, block_q=128, block_kv=128), None
+      return jax.lax.scan(jax.checkpoint(layer), jnp.zeros(x_LBTHE.shape[1:]),
+                          (x_LBTHE, k_LBTJE))[0].sum()
+    sd = jax.ShapeDtypeStruct
+    args = (sd((2, 1, T, H, E), jnp.float32), sd((2, 1, T, J, E), jnp.float32))
+    compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(*args).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+  assert temp_bytes("blockwise", 2048) / temp_bytes("blockwise", 1024) < 2.3
+  assert temp_bytes("dense", 2048) / temp_bytes("dense", 1024) > 3.5

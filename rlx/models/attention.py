@@ -32,8 +32,8 @@ masks, so the two kernels are called through jax's own entry points.
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Callable
+import difflib
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +42,8 @@ import numpy as np
 from rlx.registry import Registry
 
 ATTENTION = Registry("attention implementation")
-# Platforms (jax.export names) each implementation lowers for.
+# Platforms (jax.export names) each implementation lowers for (one registered
+# without an entry is taken to lower everywhere); "auto" is resolve()'s.
 PLATFORMS = {"dense": ("cpu", "cuda", "rocm", "tpu"), "blockwise": ("cpu", "cuda", "rocm", "tpu"),
              "cudnn": ("cuda",), "splash": ("tpu",)}
 _NEG_INF = -0.7 * float(np.finfo(np.float32).max)  # dense: finite additive mask
@@ -112,14 +113,19 @@ def _block(name: str, block: int, length: int, what: str, multiple: int = 1) -> 
 def resolve(impl: str, platform: str | None, *, dtype: Any, T: int, S: int, E: int,
             static_offset: bool) -> str:
   """The implementation name to run, or a one-line ValueError/KeyError naming valid ones."""
-  ATTENTION.get(impl)
+  names = ["auto", *ATTENTION.names()]
+  if impl not in names:
+    close = difflib.get_close_matches(str(impl), names, n=1)
+    raise KeyError(f"Unknown attention implementation {impl!r}."
+                   f"{f' Did you mean {close[0]!r}?' if close else ''} Valid choices: "
+                   f"{', '.join(sorted(names))}.")
   platform = _platform(platform)
   attached = platform == "cuda" and _gpu_attached()
   if impl == "auto":
     return auto_impl(platform, dtype=dtype, T=T, S=S, E=E, static_offset=static_offset,
                      gpu_attached=attached)
-  here = [n for n in ATTENTION.names() if n == "auto" or platform in PLATFORMS[n]]
-  if platform not in PLATFORMS[impl]:
+  here = ["auto"] + [n for n in ATTENTION.names() if platform in PLATFORMS.get(n, (platform,))]
+  if platform not in PLATFORMS.get(impl, (platform,)):
     raise ValueError(f"attention implementation {impl!r} needs platform "
                      f"{'/'.join(PLATFORMS[impl])}, not {platform}; valid choices on {platform}: "
                      f"{', '.join(here)}.")
@@ -165,11 +171,6 @@ def attention(q_BTHE: jax.Array, k_BSJE: jax.Array, v_BSJE: jax.Array, *, impl: 
   fn = ATTENTION.get(name)
   return fn(q_BTHE, k_BSJE, v_BSJE, mask, scale=scale, block_q=block_q, block_kv=block_kv,
             interpret=interpret)
-
-
-@ATTENTION.register("auto")
-def _auto(*args, **kwargs):  # resolve() replaces 'auto' by a concrete name before any call
-  raise AssertionError("resolve() maps 'auto' to an implementation")
 
 
 def row_has_key(mask: Mask, B: int, T: int, S: int) -> jax.Array:
