@@ -195,7 +195,7 @@ def _export(platform, impl, T, dtype=jnp.bfloat16):
   return export.export(f, platforms=[platform])(*args).mlir_module()
 
 
-@pytest.mark.parametrize("impl", ["dense", "splash"])
+@pytest.mark.parametrize("impl", ["dense", "blockwise", "splash"])
 def test_exports_for_tpu(impl):
   text = _export("tpu", impl, 256)
   assert ("tpu_custom_call" in text) == (impl == "splash")  # splash lowers through Mosaic
@@ -205,11 +205,12 @@ def test_exports_for_tpu(impl):
 def test_exports_for_cuda(T):
   """The cuDNN path refuses to trace without a GPU, so with none attached the cuda export
   uses what `auto` picks then: dense at short T, blockwise at long T."""
-  assert not any(d.platform == "gpu" for d in jax.devices())
-  picked = attn.auto_impl("cuda", dtype=jnp.bfloat16, T=T, S=T, E=64, gpu_attached=False)
-  assert picked == ("dense" if T == 256 else "blockwise")
+  attached = any(d.platform == "gpu" for d in jax.devices())
+  picked = attn.auto_impl("cuda", dtype=jnp.bfloat16, T=T, S=T, E=64, gpu_attached=attached)
+  assert picked == ("cudnn" if attached else "dense" if T == 256 else "blockwise")
   text = _export("cuda", "auto", T)
-  assert ("while" in text) == (picked == "blockwise")  # blockwise's scan over block pairs
+  assert ("while" in text) == (picked == "blockwise")  # blockwise's loop over block pairs
+  assert ("cudnn" in text) == (picked == "cudnn")
 
 
 def test_blockwise_memory_is_linear_under_scan_and_remat():
