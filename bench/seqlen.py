@@ -31,20 +31,10 @@ import jax.numpy as jnp  # noqa: E402
 
 from rlx.models.attention import attention  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from host import matmul_gflops  # noqa: E402
+
 D, L, H, J, E = 256, 4, 4, 2, 64
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-  """This host's jitted float32 [n, n] @ [n, n] rate (median of repeats)."""
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-  f = jax.jit(lambda a: a @ a)
-  f(a).block_until_ready()
-  ts = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    f(a).block_until_ready()
-    ts.append(time.perf_counter() - t)
-  return 2 * n ** 3 / statistics.median(ts) / 1e9
 
 
 def init(key):
