@@ -1,0 +1,96 @@
+"""Multi-reward estimators published after GDPO: GD²PO and MO-GRPO.
+
+* gd2po (Liu et al. 2026, arXiv 2606.16771; official code
+  Qwen-Applications/GD2PO, tool-calling/verl/trainer/ppo/ray_trainer.py,
+  estimators gdpo_filter_group_ratio = variant "hard" and
+  gdpo_filter_ratio_conflict_group_ratio = variant "snr").
+* mo_grpo (Ichihara et al. 2025, arXiv 2509.22047): the sum of per-reward
+  group z-scores, which is rlx's mrn.
+
+Not here: DVAO (arXiv 2605.25604) and RDPO (arXiv 2605.13641), whose
+defining equations were not available to us (docs/methods.md).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from rlx.advantages import segments as seg
+from rlx.advantages.estimators import Array, Diagnostics, _per_reward_group_z, mrn
+from rlx.advantages.inputs import AdvantageInputs
+from rlx.advantages.registry import ESTIMATORS, check_choice
+
+GD2PO_VARIANTS = ("hard", "snr")
+
+
+@ESTIMATORS.register("gd2po")
+def gd2po(inputs: AdvantageInputs, *, num_groups: int, variant: str = "hard",
+          threshold: float = 0.2, eps: float = 1e-6, ddof: int = 1,
+          sign_eps: float = 1e-8, ratio_eps: float = 1e-8, group_ratio: bool = True,
+          batch_norm: bool = True, batch_stats: str = "token", batch_eps: float = 1e-8,
+          missing: str = "leave_out") -> tuple[Array, Diagnostics]:
+  """GD²PO: GDPO that drops rollouts whose per-reward advantages disagree in sign.
+
+  a_k = w_k (r_k - mean_g r_k) / (std_g r_k + eps) (GDPO's per-reward step);
+  conflict_i = (some a_k > sign_eps) and (some a_k < -sign_eps);
+  variant "hard": drop_i = conflict_i;
+  variant "snr": drop_i = conflict_i and |sum_k a_k| / (sum_k |a_k| + ratio_eps) < threshold;
+  rho_g = (kept rows of g) / (rows of g) (group_ratio=True);
+  A_i = (1 - drop_i) rho_g sum_k a_k, then whitened over the kept rows
+  (batch_stats="token", the official verl code: token-weighted mean and
+  Bessel-corrected variance, (A - mean) rsqrt(var + batch_eps), lengths_N
+  needed; "sequence": one weight per row, (A - mean) / (std + batch_eps)).
+  Dropped rows get 0. Defaults are the official code's (threshold 0.2 in the
+  code; its safe-alignment script uses 0.8).
+  """
+  check_choice(variant, GD2PO_VARIANTS, "variant", "gd2po")
+  check_choice(batch_stats, ("sequence", "token"), "batch_stats", "gd2po")
+  if not 0.0 <= threshold <= 1.0:
+    raise ValueError(f"gd2po: option threshold={threshold!r} must lie in [0, 1].")
+  z, rows = _per_reward_group_z(inputs, num_groups, eps, ddof, missing, "gd2po")
+  terms = z * inputs.weights_K
+  conflict = (terms > sign_eps).any(-1) & (terms < -sign_eps).any(-1) & rows
+  pre = terms.sum(-1)
+  snr = pre / (jnp.abs(terms).sum(-1) + ratio_eps)
+  drop = conflict & (jnp.abs(snr) < threshold) if variant == "snr" else conflict
+  keep = rows & ~drop
+  gid = inputs.group_ids_N
+  if group_ratio:
+    ratio = seg.safe_divide(seg.group_count(keep, gid, num_groups),
+                            seg.group_count(rows, gid, num_groups))[gid]
+  else:
+    ratio = jnp.ones_like(pre)
+  scaled = pre * ratio
+  diags: Diagnostics = {
+      "conflict_frac": conflict.sum() / jnp.maximum(rows.sum(), 1),
+      "kept_frac": keep.sum() / jnp.maximum(rows.sum(), 1),
+      "group_ratio_mean": jnp.where(rows, ratio, 0).sum() / jnp.maximum(rows.sum(), 1)}
+  if not batch_norm:
+    scale = keep.astype(pre.dtype)
+    adv = scaled * scale
+  else:
+    if batch_stats == "token":
+      weights = inputs.require("lengths_N", "gd2po with batch_stats='token'").astype(pre.dtype)
+    else:
+      weights = None
+    mean, var, total = seg.batch_moments(scaled, keep, 1, weights=weights)
+    if batch_stats == "token":
+      scale = jnp.where(keep & (total > 1), jax.lax.rsqrt(var + batch_eps), 0)
+    else:
+      scale = seg.safe_divide(jnp.ones_like(pre), jnp.sqrt(var) + batch_eps, keep & (total > 1))
+    adv = (scaled - mean) * scale
+    diags["batch_mean"] = mean
+    diags["batch_std"] = jnp.sqrt(var)
+  diags["contrib_NK"] = terms * (ratio * scale)[:, None]
+  return adv, diags
+
+
+@ESTIMATORS.register("mo_grpo")
+def mo_grpo(inputs: AdvantageInputs, *, num_groups: int, eps: float = 1e-4, ddof: int = 1,
+            missing: str = "leave_out") -> tuple[Array, Diagnostics]:
+  """MO-GRPO: A = sum_k w_k (r_k - mean_g r_k) / (std_g r_k + eps), i.e. mrn.
+
+  Each reward is scaled by its own group std before the sum, so a reward
+  with a large spread cannot dominate A (the paper's reward-hacking case).
+  """
+  return mrn(inputs, num_groups=num_groups, eps=eps, ddof=ddof, missing=missing)
