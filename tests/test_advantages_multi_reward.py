@@ -1,4 +1,4 @@
-"""GD²PO and MO-GRPO against float64 numpy re-derivations of their formulas.
+"""GD²PO, DVAO and MO-GRPO against float64 numpy re-derivations of their formulas.
 
 GD²PO follows Qwen-Applications/GD2PO tool-calling/verl/trainer/ppo/ray_trainer.py
 (dict-of-groups GRPO per reward, token-level rollout advantages, masked
@@ -201,6 +201,7 @@ def test_gd2po_snr_properties(r, groups, valid, lengths, rnd):
 
 
 def mo_grpo_reference(r, groups, eps):
+  """MO-GRPO Eq. 5: sum_k (r_k - mean) / (population std + eps)."""
   out = np.zeros(len(groups))
   for g in np.unique(groups):
     rows = groups == g
@@ -208,10 +209,52 @@ def mo_grpo_reference(r, groups, eps):
       x = r[rows, k].astype(np.float64)
       ok = ~np.isnan(x)
       z = np.zeros_like(x)
-      if ok.sum() > 1:
-        z[ok] = (x[ok] - x[ok].mean()) / (x[ok].std(ddof=1) + eps)
+      if ok.sum() > 0:
+        z[ok] = (x[ok] - x[ok].mean()) / (x[ok].std(ddof=0) + eps)
       out[rows] += z
   return out
+
+
+def dvao_reference(r, groups, w):
+  """DVAO Eq. 9: sum_k w_k (r_k - mu_k) / sum_l w_l sigma_l (population std)."""
+  out = np.zeros(len(groups))
+  for g in np.unique(groups):
+    rows = np.where(groups == g)[0]
+    x = r[rows].astype(np.float64)
+    ok = ~np.isnan(x)
+    mu = np.array([x[ok[:, k], k].mean() if ok[:, k].any() else 0 for k in range(x.shape[1])])
+    sd = np.array([x[ok[:, k], k].std() if ok[:, k].any() else 0 for k in range(x.shape[1])])
+    den = (w * sd).sum()
+    if den > 0:
+      out[rows] = (np.where(ok, x - mu, 0) * w).sum(1) / den
+  return out
+
+
+def test_dvao_formula_and_degenerate_groups():
+  rng = np.random.default_rng(14)
+  r, groups, _ = random_batch(rng, 12, 1, 6)
+  r[groups == 0] = 2.                            # constant group: A = 0
+  r[groups == 1] = np.nan                        # no reward at all
+  r[groups == 2, 0] = 1.                         # one constant reward: weight 0
+  r[rng.random(len(groups)) < .15, 1] = np.nan
+  w = np.array([1., .5, 2.], np.float32)
+  inputs = AdvantageInputs.create(r, groups, weights_K=w)
+  ours = run("dvao", inputs, 12)
+  np.testing.assert_allclose(ours, dvao_reference(r, groups, w.astype(np.float64)), **TOL)
+  assert (ours[groups <= 1] == 0).all()
+  # Bounded by the largest per-reward z-score (the paper's stability claim).
+  z = np.abs(run("mo_grpo", AdvantageInputs.create(r[:, :1], groups), 12, eps=0.0))
+  one = run("dvao", AdvantageInputs.create(r[:, :1], groups), 12)
+  np.testing.assert_allclose(np.abs(one), z, **TOL)   # one reward: DVAO is its z-score
+
+
+def test_dvao_worked_example():
+  """Two rewards in a group of two: r1 = (1, 0) (std 1/2), r2 = (4, 0) (std 2):
+  A = (1/2 + 2) / (1/2 + 2) = 1 for the first row; the wide reward takes 4/5 of it."""
+  inputs = AdvantageInputs.create(np.array([[1, 4], [0, 0]], np.float32), np.zeros(2, np.int32))
+  a, diag = jax.jit(lambda i: ESTIMATORS.get("dvao")(i, num_groups=1))(inputs)
+  np.testing.assert_allclose(np.asarray(a), [1, -1], **TOL)
+  np.testing.assert_allclose(np.asarray(diag["contrib_NK"])[0], [.2, .8], **TOL)
 
 
 def test_mo_grpo_formula_and_degenerate_groups():
@@ -224,6 +267,8 @@ def test_mo_grpo_formula_and_degenerate_groups():
   ours = run("mo_grpo", inputs, 10)
   np.testing.assert_allclose(ours, mo_grpo_reference(r, groups, 1e-4), **TOL)
   assert (ours[groups <= 1] == 0).all()
+  half = run("mo_grpo", inputs, 10, sqrt_k=True)
+  np.testing.assert_allclose(half, ours / np.sqrt(3), **TOL)
 
 
 def test_mo_grpo_is_invariant_to_reward_scales():

@@ -1,14 +1,16 @@
-"""Multi-reward estimators published after GDPO: GD²PO and MO-GRPO.
+"""Multi-reward estimators published after GDPO: GD²PO, DVAO and MO-GRPO.
 
 * gd2po (Liu et al. 2026, arXiv 2606.16771; official code
   Qwen-Applications/GD2PO, tool-calling/verl/trainer/ppo/ray_trainer.py,
   estimators gdpo_filter_group_ratio = variant "hard" and
   gdpo_filter_ratio_conflict_group_ratio = variant "snr").
-* mo_grpo (Ichihara et al. 2025, arXiv 2509.22047): the sum of per-reward
-  group z-scores, which is rlx's mrn.
+* dvao (Jiang et al. 2026, arXiv 2605.25604, Eq. 9): per-reward group
+  advantages combined with weights proportional to each reward's group std.
+* mo_grpo (Ichihara et al. 2025, arXiv 2509.22047, Eq. 5): the sum of
+  per-reward group z-scores (population std), i.e. rlx's mrn with ddof=0.
 
-Not here: DVAO (arXiv 2605.25604) and RDPO (arXiv 2605.13641), whose
-defining equations were not available to us (docs/methods.md).
+Not here: RDPO (arXiv 2605.13641), whose equations were not public
+(docs/methods.md).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from rlx.advantages import segments as seg
-from rlx.advantages.estimators import Array, Diagnostics, _per_reward_group_z, mrn
+from rlx.advantages.estimators import Array, Diagnostics, _per_reward_group_z, mrn, observed
 from rlx.advantages.inputs import AdvantageInputs
 from rlx.advantages.registry import ESTIMATORS, check_choice
 
@@ -85,12 +87,40 @@ def gd2po(inputs: AdvantageInputs, *, num_groups: int, variant: str = "hard",
   return adv, diags
 
 
-@ESTIMATORS.register("mo_grpo")
-def mo_grpo(inputs: AdvantageInputs, *, num_groups: int, eps: float = 1e-4, ddof: int = 1,
-            missing: str = "leave_out") -> tuple[Array, Diagnostics]:
-  """MO-GRPO: A = sum_k w_k (r_k - mean_g r_k) / (std_g r_k + eps), i.e. mrn.
+@ESTIMATORS.register("dvao")
+def dvao(inputs: AdvantageInputs, *, num_groups: int, eps: float = 0.0, ddof: int = 0
+         ) -> tuple[Array, Diagnostics]:
+  """DVAO: A = sum_k w_k (r_k - mean_g r_k) / (sum_l w_l std_g r_l + eps).
 
-  Each reward is scaled by its own group std before the sum, so a reward
-  with a large spread cannot dominate A (the paper's reward-hacking case).
+  = sum_k c_k z_k with c_k = w_k std_k / sum_l w_l std_l: each reward's z-score
+  weighted by its share of the group's spread, so |A| <= max_k |z_k|. Population
+  std (ddof 0) as in the paper; the paper has no eps (rlx's default 0: A = 0
+  where every reward is constant in the group). A missing reward is left out
+  of its group's mean and std and of that row's sum.
   """
-  return mrn(inputs, num_groups=num_groups, eps=eps, ddof=ddof, missing=missing)
+  obs = observed(inputs)
+  x = jnp.where(obs, inputs.rewards_NK, 0)
+  m = seg.group_moments(x, obs, inputs.group_ids_N, num_groups, ddof)
+  w = inputs.weights_K
+  spread_G = jnp.where(m.count_G > ddof, jnp.sqrt(m.var_G), 0) @ w
+  scale = seg.safe_divide(jnp.ones_like(spread_G), spread_G + eps)[inputs.group_ids_N]
+  scale = jnp.where(obs.any(-1), scale, 0)
+  terms = m.centered * w * scale[:, None]
+  return terms.sum(-1), {"contrib_NK": terms}
+
+
+@ESTIMATORS.register("mo_grpo")
+def mo_grpo(inputs: AdvantageInputs, *, num_groups: int, eps: float = 1e-4, ddof: int = 0,
+            sqrt_k: bool = False, missing: str = "leave_out") -> tuple[Array, Diagnostics]:
+  """MO-GRPO: A = sum_k w_k (r_k - mean_g r_k) / (std_g r_k + eps) (mrn, population std).
+
+  Each reward is scaled by its own group std before the sum, so a reward with
+  a large spread cannot dominate A (the paper's reward-hacking case); no batch
+  step. sqrt_k=True divides A by sqrt(K), as the paper's appendix code does
+  for two rewards (Eq. 5 does not).
+  """
+  adv, diags = mrn(inputs, num_groups=num_groups, eps=eps, ddof=ddof, missing=missing)
+  if sqrt_k:
+    c = 1.0 / jnp.sqrt(jnp.asarray(inputs.num_rewards, adv.dtype))
+    adv, diags = adv * c, {"contrib_NK": diags["contrib_NK"] * c}
+  return adv, diags
