@@ -353,7 +353,7 @@ def make_reward_model_fn(checkpoint_dir: str | os.PathLike, *, batch_size: int =
 
 
 def aggregate_ensemble(scores_MN: Any, aggregation: str = "mean", lam: float = 1.0) -> np.ndarray:
-  """Combines M reward models' scores [M, N] -> [N] (METHODS.md section 2).
+  """Combines M reward models' scores [M, N] -> [N] (docs/methods.md section 2).
 
   mean, median, min over models, or mean_minus_std = mean - lam * std
   (population std, ddof 0). A NaN score of any model gives NaN.
