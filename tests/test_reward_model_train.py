@@ -182,5 +182,5 @@ def test_init_from_hf_checkpoints(tmp_path):
                                 nnx.to_pure_dict(seq_params)["score"])
   cfg.model.checkpoint = testing.make_tiny_checkpoint(tmp_path / "s3", "llama", seq_cls=True,
                                                       num_labels=3)
-  with pytest.raises(ValueError, match="has 3 labels; the reward-model trainer trains a scalar"):
+  with pytest.raises(ValueError, match="has 3 labels; this loss trains a 1-label head"):
     rm_train.init_reward_model(cfg, str(tmp_path))
