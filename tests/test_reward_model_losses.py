@@ -62,8 +62,12 @@ def test_layout_errors_and_config_variants(tmp_path):
       "multi_count"
   rm = rm_train.rm_settings(config_lib.load_config("reward_model.py", "loss=multi_attribute"))
   assert rm_train.num_labels(dict(rm, attributes=("x", "y", "z"))) == 3
+  for arg in ("loss=multi_response", "loss=multi_attribute", "loss=ordinal", f"path={tmp_path}"):
+    config_lib.check_names(config_lib.load_config("reward_model.py", arg))
   bad = config_lib.load_config("reward_model.py", "loss=multi_response")
   bad.data.task = "pref_count"
+  with pytest.raises(ValueError, match="rm.loss='multi_response'; valid: file, multi_count"):
+    config_lib.check_names(bad)
   with pytest.raises(ValueError, match="valid choices: file, multi_count"):
     rm_train.load_preference_rows(bad, rm_train.rm_settings(bad))
   path = tmp_path / "attr.jsonl"
