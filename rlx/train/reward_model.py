@@ -552,7 +552,7 @@ def train_reward_model(cfg, workdir: str) -> dict[str, Any]:
                           labels=list(rm["attributes"]))
   result = {"hf": out_dir, "steps": steps, "loss": rm["loss"], "num_train_rows": n_train,
             "seconds": time.time() - t0, **last_eval}
-  if main:
+  if main and os.path.exists(writer.path):  # steps=0 writes no metrics
     plot_curves(read_jsonl(writer.path), ["rm/loss", "rm/accuracy", "eval/accuracy"],
                 os.path.join(workdir, "reward_model.png"))
     common.save_json(result_path, result)
