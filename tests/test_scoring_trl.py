@@ -122,3 +122,19 @@ def test_functions_without_kwargs_get_only_what_they_name():
   r, _ = scorer(["p", "q"], ["xy", "z"], {"answer": ["xy", "y"], "other": [1, 2]})
   np.testing.assert_array_equal(r, [[2, 1], [1, 0]])
   scorer.close()
+
+
+def test_rlx_columns_receive_dataset_columns_only():
+  seen = {}
+
+  def rlx_style(prompts, completions, **columns):
+    seen.update(columns)
+    return [0.0] * len(completions)
+
+  def rlx_style_with_state(prompts, completions, *, trainer_state, **columns):
+    return [float(trainer_state.global_step)] * len(completions)
+
+  scorer = scorer_for(a=rlx_style, b=rlx_style_with_state)
+  r, _ = scorer(["p"], ["c"], {"answer": ["1"]}, step=3)
+  assert set(seen) == {"answer"} and r[0, 1] == 3
+  scorer.close()

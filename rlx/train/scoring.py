@@ -6,9 +6,9 @@ Each configured reward is called by keyword, as TRL's GRPOTrainer does:
        log_extra=..., log_metric=..., **columns) -> list[float | None]
 
 A function receives only the keywords it names, unless it takes `**kwargs`
-(then it receives all of them); one whose first two parameters are named
-none of these (an older `fn(p, c, **columns)`) gets prompts and completions
-by position.
+(then it receives all of them; rlx's own `**columns` receives the dataset
+columns only); one whose first two parameters are named none of these (an
+older `fn(p, c, **columns)`) gets prompts and completions by position.
 `async def` functions are awaited. `trainer_state` carries `global_step`
 (and `max_steps`, `epoch`); `log_metric(name, value)` values are averaged
 into the metric `reward/<reward>/<name>`; `log_extra(column, values)` adds the
@@ -90,24 +90,22 @@ TRL_KEYWORDS = frozenset({"prompts", "completions", "completion_ids", "trainer_s
                           "log_extra", "log_metric"})
 
 
-def _calling(fn: Callable[..., Any]) -> tuple[bool, frozenset[str] | None]:
-  """(by keyword, accepted keyword names or None for all) of a reward function.
+def _calling(fn: Callable[..., Any]) -> tuple[bool, frozenset[str], str | None]:
+  """(by keyword, named keyword parameters, name of the **parameter) of a reward function.
 
   Positional only when its first two parameters are positional and named
   none of TRL's keywords (rlx's older `fn(p, c, **columns)`)."""
   try:
     params = list(inspect.signature(fn).parameters.values())
   except (TypeError, ValueError):  # no signature: the old positional convention
-    return False, None
-  if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-    names = None
-  else:
-    names = frozenset(p.name for p in params if p.kind in (
-        inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY))
+    return False, frozenset(), "columns"
+  var_kw = next((p.name for p in params if p.kind is inspect.Parameter.VAR_KEYWORD), None)
+  named = frozenset(p.name for p in params if p.kind in (
+      inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY))
   positional = [p for p in params[:2] if p.kind in (
       inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
   legacy = len(positional) == 2 and not {p.name for p in positional} & TRL_KEYWORDS
-  return not legacy, names
+  return not legacy, named, var_kw
 
 
 async def _await(x):
@@ -115,10 +113,17 @@ async def _await(x):
 
 
 def _invoke(fn: Callable[..., Any], prompts, completions, extras: Mapping[str, Any]) -> list:
-  by_keyword, names = _calling(fn)
+  """Calls fn with the keywords it takes. A `**columns` parameter (rlx's name)
+  receives the dataset columns only; any other `**kwargs` receives everything."""
+  by_keyword, named, var_kw = _calling(fn)
   if by_keyword:
     extras = dict(extras, prompts=prompts, completions=completions)
-  kw = dict(extras) if names is None else {k: v for k, v in extras.items() if k in names}
+  if var_kw is None:
+    kw = {k: v for k, v in extras.items() if k in named}
+  elif var_kw == "columns":
+    kw = {k: v for k, v in extras.items() if k in named or k not in TRL_KEYWORDS}
+  else:
+    kw = dict(extras)
   out = fn(**kw) if by_keyword else fn(prompts, completions, **kw)
   if inspect.isawaitable(out):  # each reward runs in its own thread: no loop is running here
     out = asyncio.run(_await(out))
