@@ -80,3 +80,29 @@ def test_layout_errors_and_config_variants(tmp_path):
   for r in rows:
     counts = [t.count("a") for t in r["responses"]]
     assert len(set(counts)) == 3 and r["best"] == int(np.argmax(counts))
+
+
+def test_ordinal_pairs_carry_region_labels_into_the_loss():
+  import jax.numpy as jnp
+
+  from rlx.losses.reward_model import oprm_loss
+  rm = rm_train.rm_settings(config_lib.load_config("reward_model.py",
+                                                   "loss=ordinal,num_ratings=4,regions=1-2+3-4"))
+  rows = rm_train._clean([{"prompt": "p", "chosen": "a", "rejected": "b", "region_chosen": 1},
+                          {"prompt": "p", "chosen": "a", "rejected": "b", "tie": True},
+                          {"prompt": "p", "chosen": "a", "rejected": "b",
+                           "region_chosen": 1, "region_rejected": 0}], "pairs", rm)
+  tie = np.array([0., 1., 0.], np.float32)
+  region_c, region_r = np.array([1, -1, 1]), np.array([-1, -1, 0])
+  batch = dict(mask_N=jnp.ones(3), tie_N=jnp.asarray(tie), margin_N=jnp.zeros(3),
+               region_chosen_N=jnp.asarray(region_c), region_rejected_N=jnp.asarray(region_r))
+  assert [r["region_chosen"] for r in rows] == [1, -1, 1]
+  assert [r["region_rejected"] for r in rows] == [-1, -1, 0]
+  rng = np.random.default_rng(0)
+  lc, lr = (jnp.asarray(rng.normal(size=(3, 4)), jnp.float32) for _ in range(2))
+  loss, _ = rm_train.preference_loss(lc, lr, batch, rm)
+  ref, _ = oprm_loss(lc, lr, region_c_N=jnp.asarray(region_c), region_r_N=jnp.asarray(region_r),
+                     regions=((1, 2), (3, 4)), mask_N=jnp.asarray([True, False, True]))
+  np.testing.assert_allclose(float(loss), float(ref), rtol=1e-6)
+  plain, _ = oprm_loss(lc, lr, mask_N=jnp.asarray([True, False, True]))
+  assert abs(float(plain) - float(ref)) > 1e-3       # the regions change the loss
