@@ -3,7 +3,7 @@
 #   1. correctness on the GPU: model parity with transformers and the sampler's
 #      tests (greedy = HF generate, log-probs, chi-square), fp32 matmuls at full
 #      precision (no TF32);
-#   2. workload G of shared/BENCH.md: bench/sampler.py --workload G (one JSON line);
+#   2. workload G of docs/bench.md: bench/sampler.py --workload G (one JSON line);
 #   3. the experiments' GPU cell (experiments/README.md): the same run_cell.py
 #      command with --scale gpu, stopped after GPU_CELL_S seconds (default 420;
 #      0 skips it). A stopped cell saves a checkpoint, is marked "stopped", and

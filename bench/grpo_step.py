@@ -1,4 +1,4 @@
-"""Workload W of shared/BENCH.md: one GRPO step of a tiny Qwen2 on the CPU.
+"""Workload W of docs/bench.md: one GRPO step of a tiny Qwen2 on the CPU.
 
     python bench/grpo_step.py [--steps 10] [--warmup 2]
 

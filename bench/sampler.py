@@ -1,6 +1,6 @@
 """Sampler benchmark; prints ONE JSON line.
 
-CPU (workload W of /work/shared/BENCH.md): a random-init tiny Qwen2 (4.98M
+CPU (workload W of docs/bench.md): a random-init tiny Qwen2 (4.98M
 params, fp32) saved by `transformers` and loaded through `rlx.models.load_hf`;
 8 prompts x 32 tokens, group 8, 64 new tokens, temperature 1, no early stop.
 Reports rlx tokens/s, compile time, peak RSS, and `transformers` generate

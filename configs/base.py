@@ -130,7 +130,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   # Reward-model training (trainer == "reward_model"; configs/reward_model.py).
   c.rm = mlc.ConfigDict(dict(loss="bradley_terry", margin=0.0, center_coef=0.0,
                              tie_margin=0.0, max_len=128, template="concat",
-                             append_eos=True, eval_path=""))
+                             append_eos=True, eval_path="", num_ratings=9, regions=(),
+                             attributes=(), attribute_weights=()))
 
   c.mesh = mlc.ConfigDict()
   c.mesh.axes = mlc.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})

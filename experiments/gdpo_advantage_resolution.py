@@ -12,8 +12,11 @@ change the count), with eps = 0 and std with ddof 1 as in the paper:
 GRPO depends on a rollout's reward vector only through its total, so its
 multisets are enumerated over totals (every multiset of totals is reached by
 some multiset of reward vectors). The advantages are computed by rlx's
-registered estimators in float64. Also prints the paper's worked examples as
-checks. Writes experiments/results/advantage_resolution.{md,png}.
+registered estimators in float64. Also prints, as checks: the paper's worked
+examples; Figure 2's two-rollout example with and without GDPO's batch
+normalization (rlx's "gdpo", TRL port, eps = 0); and the constant-sum case
+(every rollout's rewards add to the same total), where GDPO equals GRPO.
+Writes experiments/results/advantage_resolution.{md,png}.
 
     python experiments/gdpo_advantage_resolution.py [--gdpo_max_rollouts=11]
         [--gdpo_max_rewards=6] [--out=experiments/results]
@@ -50,6 +53,16 @@ def advantages(name: str, rewards_NK: np.ndarray, group_size: int) -> np.ndarray
   opts = {} if name == "dr_grpo" else {"eps": 0.0}
   fn = jax.jit(lambda i: compute_advantages(name, i, num_groups, diagnostics=False, **opts)[0])
   return np.asarray(fn(inputs)).reshape(num_groups, group_size)
+
+
+def run(name: str, rewards_NK: np.ndarray, group_size: int, weights=None, **opts) -> np.ndarray:
+  """[N] advantages of contiguous groups with the estimator's options."""
+  n = rewards_NK.shape[0]
+  inputs = AdvantageInputs.create(jnp.asarray(rewards_NK, jnp.float64),
+                                  np.repeat(np.arange(n // group_size), group_size),
+                                  weights_K=weights)
+  return np.asarray(compute_advantages(name, inputs, n // group_size, diagnostics=False,
+                                       **opts)[0])
 
 
 def count_distinct(adv_GS: np.ndarray) -> int:
@@ -115,6 +128,61 @@ def worked_examples() -> list[str]:
   return lines
 
 
+def batch_norm_examples() -> list[str]:
+  """Figure 2's groups with and without GDPO's batch normalization (TRL port, eps 0)."""
+  lines = []
+  figure2 = {"(0,1)": [[0, 0], [0, 1]], "(0,2)": [[0, 0], [1, 1]], "(1,2)": [[1, 0], [1, 1]]}
+  gdpo = dict(eps=0.0, batch_eps=0.0)
+  s = 1 / math.sqrt(2)
+  for totals, r in figure2.items():
+    r = np.asarray(r, np.float64)
+    without = run("mrn", r, 2, eps=0.0)
+    alone = run("gdpo", r, 2, **gdpo)
+    lines.append(f"Figure 2, totals {totals} alone in the batch: GDPO without the batch step "
+                 f"{np.round(without, 4).tolist()}, with it {np.round(alone, 4).tolist()}")
+    assert np.allclose(alone, [-s, s])   # one group: the batch step undoes the separation
+  both = np.asarray(sum(figure2.values(), []), np.float64)
+  without = run("mrn", both, 2, eps=0.0)
+  batch = run("gdpo", both, 2, **gdpo)
+  grpo = run("grpo", both.sum(1, keepdims=True), 2, eps=0.0)
+  lines.append(f"Figure 2, the three groups in one batch: GRPO {np.round(grpo, 4).tolist()}; "
+               f"GDPO without the batch step {np.round(without, 4).tolist()}, with it "
+               f"{np.round(batch, 4).tolist()}")
+  ratio = batch / without
+  assert np.allclose(ratio, ratio[0]) and ratio[0] > 0
+  assert np.allclose(np.abs(batch[2:4]), 2 * np.abs(batch[:2]))
+  lines.append(f"check: the batch step divides every group by the same number "
+               f"({1 / ratio[0]:.4f}), so (0,2) keeps twice the advantage of (0,1) and (1,2); "
+               "a group alone in its batch is brought back to GRPO's (-0.7071, 0.7071): "
+               "decoupling helps through the scale between groups of one batch: OK")
+  return lines
+
+
+def constant_sum_examples(seed: int = 0) -> list[str]:
+  """Rewards that add to the same total in every rollout: GDPO equals GRPO."""
+  rng = np.random.default_rng(seed)
+  r1 = rng.integers(0, 5, 32) / 4.0
+  r = np.stack([r1, 1.0 - r1], 1)                  # r1 + r2 = 1 for every rollout
+  lines = []
+  for w in ([1.0, 1.0], [1.0, 0.5], [0.5, 1.0]):
+    w = np.asarray(w)
+    grpo = run("grpo", r, 4, weights=w, eps=0.0)
+    mrn = run("mrn", r, 4, weights=w, eps=0.0)
+    gdpo = run("gdpo", r, 4, weights=w, eps=0.0, batch_eps=0.0)
+    # GRPO's sum is (w1 - w2) r1 + w2: a group z-score of r1 up to the sign of w1 - w2.
+    assert np.allclose(mrn, abs(w[0] - w[1]) * grpo)
+    std = grpo.std(ddof=1)
+    grpo_bn = (grpo - grpo.mean()) / std if std > 0 else np.zeros_like(grpo)
+    assert np.allclose(gdpo, grpo_bn)
+    lines.append(f"constant sum r1 + r2 = 1, weights {w.tolist()}: GDPO without the batch step "
+                 f"= {abs(w[0] - w[1]):g} x GRPO; with it = GRPO batch-normalized "
+                 f"(max |A| {np.abs(gdpo).max():.4f}): OK")
+  lines.append("check: with equal weights both are 0 (r2 = 1 - r1 cancels r1 in the sum and "
+               "z(r2) = -z(r1)); with unequal weights both follow z(r1): decoupling gives no "
+               "resolution when one reward determines the others")
+  return lines
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--gdpo_max_rollouts", type=int, default=11)
@@ -127,7 +195,9 @@ def main() -> None:
 
   print("Worked examples (GDPO paper Figure 2 and a three-rollout case):", flush=True)
   examples = worked_examples()
-  for line in examples:
+  batch_lines = batch_norm_examples()
+  constant_lines = constant_sum_examples()
+  for line in examples + batch_lines + constant_lines:
     print("  " + line, flush=True)
 
   rollout_rows = []
@@ -160,6 +230,12 @@ def main() -> None:
   md += table("Two binary rewards", "rollouts", rollout_rows)
   md += table("Four rollouts", "rewards", reward_rows)
   md += ["### Worked examples", ""] + [f"- {line}" for line in examples] + [""]
+  md += ["### Figure 2 with and without GDPO's batch normalization", "",
+         "rlx's `gdpo` (TRL port, eps = 0, batch eps 0) against `mrn` (the same without the "
+         "batch step).", ""] + [f"- {line}" for line in batch_lines] + [""]
+  md += ["### Constant-sum rewards: GDPO equals GRPO", "",
+         "32 rollouts in groups of 4, r1 in {0, 1/4, ..., 1}, r2 = 1 - r1.", ""]
+  md += [f"- {line}" for line in constant_lines] + [""]
   md_path = os.path.join(args.out, "advantage_resolution.md")
   with open(md_path, "w") as f:
     f.write("\n".join(md))

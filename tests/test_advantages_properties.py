@@ -47,14 +47,14 @@ OPTIONS = {
 }
 BUILTIN = ["grpo", "dr_grpo", "rloo", "reinforce_batch", "gdpo", "mrn", "bnpo", "tmn_reweight",
            "agent_grouping", "pref_grpo", "f_grpo", "mapo", "reference_frozen", "lightningrl",
-           "per_reward"]
+           "per_reward", "gd2po", "dvao", "mo_grpo"]
 VARIANTS = BUILTIN + [v for v in OPTIONS if v not in BUILTIN]
 # Group-relative estimators whose advantage is 0 in a group where every reward is constant.
 GROUP_CENTERED = ["grpo", "dr_grpo", "rloo", "mrn", "bnpo", "tmn_reweight", "agent_grouping",
-                  "per_reward", "per_reward_center", "bnpo_sum"]
+                  "per_reward", "per_reward_center", "bnpo_sum", "dvao", "mo_grpo"]
 # Estimators reporting per-reward parts (contrib_NK) of A.
 DECOUPLED = ["gdpo", "mrn", "bnpo", "lightningrl", "per_reward", "per_reward_mixed",
-             "per_reward_center", "gdpo_token"]
+             "per_reward_center", "gdpo_token", "gd2po", "dvao", "mo_grpo"]
 
 
 def estimator_of(variant):

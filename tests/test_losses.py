@@ -31,7 +31,7 @@ MASK = np.array([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]], np.flo
 
 
 def _expected_weights(mode, max_len=6):
-  """METHODS.md section 4 table, written out by hand for MASK."""
+  """docs/methods.md section 4 table, written out by hand for MASK."""
   if mode == "token_mean":                       # 1 / sum m = 1/8
     rows = [1 / 8, 1 / 8, 0, 1 / 8]
   elif mode == "seq_mean_token_mean":            # 1 / (N L_i)
@@ -295,7 +295,7 @@ def _drpo_case():
 
 
 def _drpo_reference(logp, old, mask, correct, group, lam, tau, beta, delta, l_max, coef_at=None):
-  """Loops over groups, as METHODS.md section 4 writes DRPO (coefficient as a constant)."""
+  """Loops over groups, as docs/methods.md section 4 writes DRPO (coefficient as a constant)."""
   lens = np.asarray(mask).sum(-1)
   score = [jnp.sum(logp[i] * mask[i]) / max(lens[i], 1) for i in range(len(lens))]
   groups = sorted({g for g, l in zip(group, lens) if l > 0})

@@ -60,7 +60,7 @@ def test_synthetic_preferences_follow_their_rule():
 
 def test_reaches_high_heldout_accuracy(trained):
   _, workdir, result = trained
-  assert result["eval/num_pairs"] == 100 and result["num_train_pairs"] == 200
+  assert result["eval/num_rows"] == 100 and result["num_train_rows"] == 200
   assert result["eval/accuracy"] >= 0.85, result
   rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   evals = [r for r in rows if "eval/accuracy" in r]
@@ -147,9 +147,9 @@ def test_config_and_errors(tmp_path, monkeypatch):
   assert config_lib.load_config("reward_model.py").data.task == "pref_count"
   if "rm" in config_lib.base_config():
     config_lib.validate(cfg)
-  with pytest.raises(ValueError, match="config.rm.loss='ordinal'; valid choices: "
-                     "bradley_terry, soli_tie"):
-    rm_train.rm_settings(config_lib.load_config("reward_model.py", "loss=ordinal"))
+  with pytest.raises(ValueError, match="config.rm.loss='ordnal'; valid choices: "
+                     "bradley_terry, soli_tie, ordinal, multi_response, multi_attribute"):
+    rm_train.rm_settings(config_lib.load_config("reward_model.py", "loss=ordnal"))
   bad = config_lib.load_config("reward_model.py")
   bad.data.task = "toolcall"
   with pytest.raises(ValueError, match="data.task='toolcall'; valid choices: file, pref_count"):
@@ -182,5 +182,5 @@ def test_init_from_hf_checkpoints(tmp_path):
                                 nnx.to_pure_dict(seq_params)["score"])
   cfg.model.checkpoint = testing.make_tiny_checkpoint(tmp_path / "s3", "llama", seq_cls=True,
                                                       num_labels=3)
-  with pytest.raises(ValueError, match="has 3 labels; the reward-model trainer trains a scalar"):
+  with pytest.raises(ValueError, match="has 3 labels; this loss trains a 1-label head"):
     rm_train.init_reward_model(cfg, str(tmp_path))

@@ -1,4 +1,4 @@
-"""Reward shaping transforms (METHODS.md section 2), pure functions and registry."""
+"""Reward shaping transforms (docs/methods.md section 2), pure functions and registry."""
 import math
 
 import jax

@@ -12,6 +12,7 @@ from rlx.advantages.inputs import AdvantageInputs
 from rlx.advantages import segments
 from rlx.advantages import estimators
 from rlx.advantages import variants
+from rlx.advantages import multi_reward
 from rlx.advantages import filters
 from rlx.advantages import diagnostics
 from rlx.advantages.variants import ReferenceStats, fit_reference_stats
@@ -21,5 +22,5 @@ from rlx.advantages.api import (apply_filter, compute_advantages, estimator_opti
 __all__ = [
     "ESTIMATORS", "FILTERS", "AdvantageInputs", "ReferenceStats", "apply_filter",
     "compute_advantages", "diagnostics", "estimator_options", "estimators",
-    "filter_options", "filters", "fit_reference_stats", "segments", "variants",
+    "filter_options", "filters", "fit_reference_stats", "multi_reward", "segments", "variants",
 ]

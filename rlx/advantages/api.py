@@ -46,7 +46,7 @@ def compute_advantages(name: str, inputs: AdvantageInputs, num_groups: int, *,
     group_by_agent: Dr. MAS grouping: key (prompt, agent id) for any estimator;
       needs inputs.agent_ids_N and num_agents.
     num_agents: static number of agents (with group_by_agent).
-    diagnostics: add the METHODS.md section-7 metrics (unused outputs cost
+    diagnostics: add the docs/methods.md section-7 metrics (unused outputs cost
       nothing under jit, so False only matters outside jit).
     resolution_rows: row budget of the group-level diagnostics (constant-group
       share, correlations, resolution); groups beyond it are not counted (None: all).

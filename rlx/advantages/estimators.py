@@ -7,7 +7,7 @@ f_grpo, mapo, reference_frozen, lightningrl).
 
 Each estimator is `fn(inputs, *, num_groups, **options) -> (A, diagnostics)`,
 jittable, with no Python loops over groups. Formulas, defaults and sources are
-those of METHODS.md section 1. Conventions shared by all estimators:
+those of docs/methods.md section 1. Conventions shared by all estimators:
 
 * A missing reward (NaN) and an invalid row are masked out of every statistic.
 * Estimators that sum rewards first (grpo, dr_grpo, rloo, reinforce_batch,

@@ -3,7 +3,7 @@
 A filter is `fn(inputs, *, num_groups, **options) -> (keep_N, num_kept_groups)`:
 keep_N is bool [N] (False for dropped groups and invalid rows) and
 num_kept_groups counts the non-empty groups kept, so the trainer can sample
-more prompts until the batch is full (METHODS.md section 3).
+more prompts until the batch is full (docs/methods.md section 3).
 """
 from __future__ import annotations
 

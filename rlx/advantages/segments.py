@@ -9,7 +9,7 @@ smallest masked-in value (the same whatever the row order), so a group whose
 values are all equal gives exactly zero centered values and zero variance,
 whatever the float rounding of its mean.
 
-Degenerate statistics (rounding noise is not signal). Every std below is
+Degenerate statistics (rounding noise is not signal; docs/methods.md). Every std below is
 compared with the rounding level of what it normalizes: ROUNDING_ULPS machine
 epsilons of the largest `magnitude` that entered it (by default |x|; a caller
 whose x is itself computed, e.g. a sum of z-scores that may cancel, passes

@@ -3,7 +3,7 @@
 BNPO (Beta-normalized), TMN with difficulty reweighting, agent grouping,
 Pref-GRPO, F-GRPO, MAPO, reference-frozen normalization (RFN) and LightningRL.
 The conventions (missing rewards, left-out rows, zero-variance groups) and the
-shared helpers are those of estimators.py; formulas are METHODS.md section 1.
+shared helpers are those of estimators.py; formulas are docs/methods.md section 1.
 """
 from __future__ import annotations
 

@@ -11,6 +11,11 @@ Rules (the true reward of a response, `true_reward(rule, prompt, response)`):
 A pair's chosen response has the strictly higher true reward; with
 `tie_rate` > 0 that fraction of pairs are ties (equal true reward, different
 texts, tie=True; chosen/rejected order then means nothing).
+
+For the other reward-model layouts (count rule only):
+  make_multi_response_rows  {prompt, responses: M texts, best: index of the most 'a's}
+  make_attribute_rows       {prompt, response, a_count, starts_a} (two attributes:
+                            the number of 'a's and 1.0 if the text starts with 'a')
 """
 from __future__ import annotations
 
@@ -89,6 +94,35 @@ def make_preference_rows(rule: str = "count", n: int = 400, *, seed: int = 0,
     else:
       prompt, chosen, rejected = _arith_pair(rng, tie)
     rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "tie": tie})
+  return rows
+
+
+def make_multi_response_rows(n: int = 400, *, m: int = 4, seed: int = 0,
+                             length: int = 12) -> list[dict[str, Any]]:
+  """n rows of m 'count' responses with distinct numbers of 'a's; best = the most 'a's."""
+  if not 2 <= m <= length + 1:
+    raise ValueError(f"m must be in [2, length + 1] = [2, {length + 1}], got {m}.")
+  rng = np.random.default_rng(seed)
+  rows = []
+  for _ in range(n):
+    counts = rng.choice(length + 1, size=m, replace=False)
+    rows.append({"prompt": COUNT_PROMPT,
+                 "responses": [_count_text(rng, int(k), length) for k in counts],
+                 "best": int(np.argmax(counts))})
+  return rows
+
+
+ATTRIBUTES = ("a_count", "starts_a")
+
+
+def make_attribute_rows(n: int = 400, *, seed: int = 0, length: int = 12) -> list[dict[str, Any]]:
+  """n rows {prompt, response, a_count, starts_a} of random 'count' responses."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for _ in range(n):
+    text = _count_text(rng, int(rng.integers(0, length + 1)), length)
+    rows.append({"prompt": COUNT_PROMPT, "response": text, "a_count": float(text.count("a")),
+                 "starts_a": float(text.startswith("a"))})
   return rows
 
 

@@ -1,4 +1,4 @@
-"""Aggregation of a per-token loss l[i, t] into a scalar (METHODS.md section 4).
+"""Aggregation of a per-token loss l[i, t] into a scalar (docs/methods.md section 4).
 
 | mode                | weight of a valid token          |
 |---------------------|----------------------------------|

@@ -1,4 +1,4 @@
-"""Policy-loss terms (METHODS.md section 4): pg, kl, entropy, nll_correct, drpo.
+"""Policy-loss terms (docs/methods.md section 4): pg, kl, entropy, nll_correct, drpo.
 
 Every term takes a `LossInputs` and static options, returns (scalar, metrics).
 """

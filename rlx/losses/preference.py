@@ -1,4 +1,4 @@
-"""Preference losses on summed log-probs (METHODS.md section 5): DPO, IPO, RPO, MM-DPO.
+"""Preference losses on summed log-probs (docs/methods.md section 5): DPO, IPO, RPO, MM-DPO.
 
 All share the signature
 

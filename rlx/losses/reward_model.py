@@ -1,4 +1,4 @@
-"""Reward-model losses (METHODS.md section 5), plain functions on scores or logits.
+"""Reward-model losses (docs/methods.md section 5), plain functions on scores or logits.
 
 Each returns (mean loss over valid rows, metrics). Registered in `RM_LOSSES`:
 bradley_terry, soli_tie, ordinal (OPRM, with region flooding), multi_response,

@@ -284,9 +284,15 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
-def head_reward(scores_NL: np.ndarray, head: int | Sequence[float] = 0) -> np.ndarray:
-  """Scalar reward [N] from scores [N, L]: column `head`, or scores @ weights."""
+def head_reward(scores_NL: np.ndarray, head: int | str | Sequence[float] = 0) -> np.ndarray:
+  """Scalar reward [N] from scores [N, L]: column `head`, scores @ weights, or with
+  head="expected_rating" E[s] = softmax(scores) . (1..L) (an ordinal/OPRM head)."""
   L = scores_NL.shape[-1]
+  if isinstance(head, str):
+    if head != "expected_rating":
+      raise ValueError(f"head={head!r}: a label index, label weights or 'expected_rating'.")
+    z = np.exp(scores_NL - scores_NL.max(-1, keepdims=True))
+    return (z / z.sum(-1, keepdims=True)) @ np.arange(1, L + 1, dtype=np.float32)
   if isinstance(head, (int, np.integer)):
     if not -L <= head < L:
       raise ValueError(f"head={head} out of range for a reward model with {L} label(s).")
@@ -305,13 +311,16 @@ def head_reward(scores_NL: np.ndarray, head: int | Sequence[float] = 0) -> np.nd
 @REWARD_FNS.register("reward_model")
 def reward_model(prompts: Sequence[Any], completions: Sequence[Any], *, checkpoint: str,
                  batch_size: int = 8, max_len: int | None = None, template: str | None = None,
-                 head: int | Sequence[float] = 0, append_eos: bool | None = None,
+                 head: int | str | Sequence[float] | None = None,
+                 append_eos: bool | None = None,
                  padding_side: str = "right", dtype: Any = None, tokenizer: str | None = None,
                  **columns: Any) -> list[float]:
   """Reward-model score of each completion (checkpoint loaded lazily, then cached).
 
-  checkpoint: *ForSequenceClassification HF dir. head: label index, or
-  weights over the labels (multi-attribute reward w . y_hat). template,
+  checkpoint: *ForSequenceClassification HF dir. head: label index,
+  weights over the labels (multi-attribute reward w . y_hat) or
+  'expected_rating' (ordinal head); None -> the checkpoint's
+  rlx_reward_model.json, else 0. template,
   max_len, append_eos: None -> the checkpoint's rlx_reward_model.json, else
   'concat', 512, True. Dataset columns are ignored (a column named like one
   of these options would override it).
@@ -320,12 +329,13 @@ def reward_model(prompts: Sequence[Any], completions: Sequence[Any], *, checkpoi
   model = get_reward_model(checkpoint, dtype=dtype, tokenizer=tokenizer)
   scores = model.score(prompts, completions, template=template, append_eos=append_eos,
                        batch_size=batch_size, max_len=max_len, padding_side=padding_side)
-  return [float(x) for x in head_reward(scores, head)]
+  return [float(x) for x in head_reward(scores, model.setting("head", head, 0))]
 
 
 def make_reward_model_fn(checkpoint_dir: str | os.PathLike, *, batch_size: int = 8,
                          max_len: int | None = None, template: str | None = None,
-                         head: int | Sequence[float] = 0, **kw: Any) -> Callable[..., list]:
+                         head: int | str | Sequence[float] | None = None,
+                         **kw: Any) -> Callable[..., list]:
   """fn(prompts, completions, **columns) -> list[float] scoring with one reward model.
 
   kw: append_eos, padding_side, dtype, tokenizer (see `reward_model`).
@@ -343,7 +353,7 @@ def make_reward_model_fn(checkpoint_dir: str | os.PathLike, *, batch_size: int =
 
 
 def aggregate_ensemble(scores_MN: Any, aggregation: str = "mean", lam: float = 1.0) -> np.ndarray:
-  """Combines M reward models' scores [M, N] -> [N] (METHODS.md section 2).
+  """Combines M reward models' scores [M, N] -> [N] (docs/methods.md section 2).
 
   mean, median, min over models, or mean_minus_std = mean - lam * std
   (population std, ddof 0). A NaN score of any model gives NaN.

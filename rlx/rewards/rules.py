@@ -160,7 +160,7 @@ def _lengths(completions: Sequence[Any], columns: dict[str, Any],
 
 
 def dapo_overlong_penalty(length: float, max_length: float, cache_length: float) -> float:
-  """DAPO soft overlong penalty (METHODS.md section 2).
+  """DAPO soft overlong penalty (docs/methods.md section 2).
 
   0 if L <= Lmax - C;  ((Lmax - C) - L) / C if Lmax - C < L <= Lmax;  -1 beyond.
   """

@@ -1,4 +1,4 @@
-"""Reward shaping before normalization (METHODS.md section 2).
+"""Reward shaping before normalization (docs/methods.md section 2).
 
 Pure jnp functions, plus a registry TRANSFORMS of transforms on
 `AdvantageInputs` that a config composes by name:

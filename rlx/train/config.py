@@ -187,10 +187,12 @@ def check_names(cfg: mlc.ConfigDict) -> None:
       raise type(e)(f"config.{key}: {msg}") from None
 
   if cfg.trainer == "reward_model":
-    from rlx.train.reward_model import PREFERENCE_TASKS
-    if cfg.data.task not in PREFERENCE_TASKS:
-      raise ValueError(f"config.data.task={cfg.data.task!r} for reward-model training; "
-                       f"valid: {', '.join(PREFERENCE_TASKS)}.")
+    from rlx.train.reward_model import LAYOUTS, SYNTHETIC_TASKS, rm_settings
+    loss = wrap("rm", lambda: rm_settings(cfg))["loss"]
+    valid = ("file",) + SYNTHETIC_TASKS[LAYOUTS[loss]]
+    if cfg.data.task not in valid:
+      raise ValueError(f"config.data.task={cfg.data.task!r} for reward-model training with "
+                       f"rm.loss={loss!r}; valid: {', '.join(valid)}.")
     if cfg.data.task == "file" and not cfg.data.path:
       raise ValueError("config.data.task='file' needs config.data.path.")
   elif cfg.data.task != "file":
