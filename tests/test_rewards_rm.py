@@ -178,6 +178,7 @@ def test_outcome_matrix_hand_computed():
 
 @hypothesis.settings(max_examples=examples(60))
 @hypothesis.given(st.integers(2, 7), st.floats(0.0, 0.5), st.integers(0, 2**31 - 1))
+@hypothesis.example(7, 0.5, 515015)   # found by the stress profile: |p - 0.5| = 0.5 in float32 only
 def test_outcome_matrix_antisymmetric(g, margin, seed):
   rng = np.random.default_rng(seed)
   r = rng.normal(size=g) * rng.choice([0.0, 0.05, 3.0])
@@ -188,7 +189,7 @@ def test_outcome_matrix_antisymmetric(g, margin, seed):
     np.testing.assert_array_equal((o + o.T)[off], 1.0)
     assert set(np.unique(o[off])) <= {0.0, 0.5, 1.0}
     iu = np.triu_indices(g, 1)
-    d = p[iu] - 0.5
+    d = np.asarray(p, np.float64)[iu] - 0.5    # outcome_matrix compares in float64
     want = np.where((np.abs(d) < margin) | (d == 0), 0.5, (d > 0).astype(float))
     np.testing.assert_array_equal(o[iu], want)
 
