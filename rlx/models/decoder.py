@@ -217,12 +217,22 @@ def _layer(cfg: ModelConfig, x_BTD, lp, sin, cos, mask_BTS, cache=None, layer=No
   B, T, D = x_BTD.shape
   w = lambda name: lp[name].astype(dt)
 
+  H, J, E = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
   h_BTD = rms_norm(x_BTD, lp["attn_norm"], cfg.rms_norm_eps)
-  q_BTHE = _proj(h_BTD, w("q"))
-  k_BTJE = _proj(h_BTD, w("k"))
-  v_BTJE = _proj(h_BTD, w("v"))
-  if cfg.attention_bias:
-    q_BTHE, k_BTJE, v_BTJE = q_BTHE + w("q_bias"), k_BTJE + w("k_bias"), v_BTJE + w("v_bias")
+  if "qkv" in lp:  # fused by unstack_layers: one matmul, then split
+    qkv = _proj(h_BTD, w("qkv"))
+    if cfg.attention_bias:
+      qkv = qkv + w("qkv_bias")
+    q_BTHE = qkv[..., :H * E].reshape(B, T, H, E)
+    k_BTJE = qkv[..., H * E:(H + J) * E].reshape(B, T, J, E)
+    v_BTJE = qkv[..., (H + J) * E:].reshape(B, T, J, E)
+  else:
+    q_BTHE = _proj(h_BTD, w("q"))
+    k_BTJE = _proj(h_BTD, w("k"))
+    v_BTJE = _proj(h_BTD, w("v"))
+    if cfg.attention_bias:
+      q_BTHE, k_BTJE, v_BTJE = (q_BTHE + w("q_bias"), k_BTJE + w("k_bias"),
+                                v_BTJE + w("v_bias"))
   if cfg.qk_norm:
     q_BTHE = rms_norm(q_BTHE, lp["q_norm"], cfg.rms_norm_eps)
     k_BTJE = rms_norm(k_BTJE, lp["k_norm"], cfg.rms_norm_eps)
@@ -238,8 +248,11 @@ def _layer(cfg: ModelConfig, x_BTD, lp, sin, cos, mask_BTS, cache=None, layer=No
   x_BTD = x_BTD + out_BTD
 
   h_BTD = rms_norm(x_BTD, lp["mlp_norm"], cfg.rms_norm_eps)
-  gate_BTF = _proj(h_BTD, w("gate"))
-  up_BTF = _proj(h_BTD, w("up"))
+  if "gate_up" in lp:
+    gate_BTF, up_BTF = jnp.split(_proj(h_BTD, w("gate_up")), 2, axis=-1)
+  else:
+    gate_BTF = _proj(h_BTD, w("gate"))
+    up_BTF = _proj(h_BTD, w("up"))
   x_BTD = x_BTD + _proj(jax.nn.silu(gate_BTF) * up_BTF, w("down"))
   return x_BTD, cache
 
@@ -448,12 +461,27 @@ def head_matrix(cfg: ModelConfig, params: nnx.State) -> jax.Array:
   return params["lm_head"][...].astype(dt)
 
 
-def unstack_layers(cfg: ModelConfig, params: nnx.State) -> tuple[dict[str, jax.Array], ...]:
+def unstack_layers(cfg: ModelConfig, params: nnx.State, fuse: bool = True
+                   ) -> tuple[dict[str, jax.Array], ...]:
   """Stacked [L, ...] layer params -> L per-layer dicts in the compute dtype
-  (the `layers` argument of `forward`)."""
+  (the `layers` argument of `forward`).
+
+  fuse: q/k/v become one 'qkv' [D, (H + 2J) * E] (and 'qkv_bias') and
+  gate/up one 'gate_up' [D, 2F]: two matmuls per layer instead of five.
+  """
   dt = cfg.compute_dtype
   stacked = {k: v[...] for k, v in params["layers"].items()}
-  return tuple({k: v[i].astype(dt) for k, v in stacked.items()} for i in range(cfg.num_layers))
+  D = cfg.hidden_size
+  layers = []
+  for i in range(cfg.num_layers):
+    lp = {k: v[i].astype(dt) for k, v in stacked.items()}
+    if fuse:
+      lp["qkv"] = jnp.concatenate([lp.pop(k).reshape(D, -1) for k in ("q", "k", "v")], 1)
+      if cfg.attention_bias:
+        lp["qkv_bias"] = jnp.concatenate([lp.pop(k + "_bias").reshape(-1) for k in "qkv"])
+      lp["gate_up"] = jnp.concatenate([lp.pop("gate"), lp.pop("up")], 1)
+    layers.append(lp)
+  return tuple(layers)
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> dict:
