@@ -5,25 +5,32 @@ so compile time does not grow with depth. Every parameter carries logical axis
 names in its `out_sharding` metadata (no eager sharding); `logical_axes(params)`
 reads them back for rlx/parallel.
 
-Parameter layout (L layers, E hidden, H heads, K kv heads, D head_dim,
-M intermediate, V vocab, N num_labels):
+Shape letters: L layers, D model width, H query heads, J KV heads (GQA:
+Q = H / J query heads per KV head), E head dim, F MLP width, V vocabulary,
+B batch rows, T query positions, S key/value positions (cache slots).
+Parameter layout:
 
-  embed              [V, E]        ('vocab', 'embed')
-  layers/attn_norm   [L, E]        ('layers', 'embed')
-  layers/q           [L, E, H, D]  ('layers', 'embed', 'heads', 'head_dim')
-  layers/k, v        [L, E, K, D]  ('layers', 'embed', 'kv_heads', 'head_dim')
-  layers/o           [L, H, D, E]  ('layers', 'heads', 'head_dim', 'embed')
-  layers/q_bias      [L, H, D]     (attention_bias)  k_bias, v_bias [L, K, D]
-  layers/o_bias      [L, E]        (attention_out_bias)
-  layers/q_norm, k_norm [L, D]     ('layers', 'head_dim')  (qk_norm)
-  layers/mlp_norm    [L, E]
-  layers/gate, up    [L, E, M]     ('layers', 'embed', 'mlp')
-  layers/down        [L, M, E]     ('layers', 'mlp', 'embed')
-  final_norm         [E]           ('embed',)
-  lm_head            [E, V]        ('embed', 'vocab')   (causal LM, untied only)
-  score              [E, N]        ('embed', 'labels')  (reward model only)
+  embed              [V, D]        ('vocab', 'embed')
+  layers/attn_norm   [L, D]        ('layers', 'embed')
+  layers/q           [L, D, H, E]  ('layers', 'embed', 'heads', 'head_dim')
+  layers/k, v        [L, D, J, E]  ('layers', 'embed', 'kv_heads', 'head_dim')
+  layers/o           [L, H, E, D]  ('layers', 'heads', 'head_dim', 'embed')
+  layers/q_bias      [L, H, E]     (attention_bias)  k_bias, v_bias [L, J, E]
+  layers/o_bias      [L, D]        (attention_out_bias)
+  layers/q_norm, k_norm [L, E]     ('layers', 'head_dim')  (qk_norm)
+  layers/mlp_norm    [L, D]
+  layers/gate, up    [L, D, F]     ('layers', 'embed', 'mlp')
+  layers/down        [L, F, D]     ('layers', 'mlp', 'embed')
+  final_norm         [D]           ('embed',)
+  lm_head            [D, V]        ('embed', 'vocab')   (causal LM, untied only)
+  score              [D, num_labels] ('embed', 'labels')  (reward model only)
 
-KV cache: {'k': [L, B, S, K, D], 'v': same}, axes CACHE_AXES.
+The layer math (`_layer`: norms, projections, RoPE, `attend`, MLP) and the
+head (`_head_logits`) exist once here; training, reference and reward models
+run them through `forward`, and so does the sampler (rlx.sampling), with the
+per-layer options of `forward(layers=unstack_layers(...))`.
+KV caches: stacked {'k', 'v'}: [L, B, S, J, E] (CACHE_AXES, `init_cache`), or
+per layer (`init_layer_caches`, see `_write_cache`).
 """
 from __future__ import annotations
 
@@ -52,37 +59,37 @@ def param_specs(cfg: ModelConfig) -> dict[str, Any]:
 
   init is 'normal' (N(0, 0.02)), 'ones' or 'zeros'.
   """
-  L, E, H, K, D = cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-  M, V = cfg.intermediate_size, cfg.vocab_size
+  L, D, H, J, E = cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  F, V = cfg.intermediate_size, cfg.vocab_size
   layers: dict[str, Any] = {
-      "attn_norm": ((L, E), ("layers", "embed"), "ones"),
-      "q": ((L, E, H, D), ("layers", "embed", "heads", "head_dim"), "normal"),
-      "k": ((L, E, K, D), ("layers", "embed", "kv_heads", "head_dim"), "normal"),
-      "v": ((L, E, K, D), ("layers", "embed", "kv_heads", "head_dim"), "normal"),
-      "o": ((L, H, D, E), ("layers", "heads", "head_dim", "embed"), "normal"),
-      "mlp_norm": ((L, E), ("layers", "embed"), "ones"),
-      "gate": ((L, E, M), ("layers", "embed", "mlp"), "normal"),
-      "up": ((L, E, M), ("layers", "embed", "mlp"), "normal"),
-      "down": ((L, M, E), ("layers", "mlp", "embed"), "normal"),
+      "attn_norm": ((L, D), ("layers", "embed"), "ones"),
+      "q": ((L, D, H, E), ("layers", "embed", "heads", "head_dim"), "normal"),
+      "k": ((L, D, J, E), ("layers", "embed", "kv_heads", "head_dim"), "normal"),
+      "v": ((L, D, J, E), ("layers", "embed", "kv_heads", "head_dim"), "normal"),
+      "o": ((L, H, E, D), ("layers", "heads", "head_dim", "embed"), "normal"),
+      "mlp_norm": ((L, D), ("layers", "embed"), "ones"),
+      "gate": ((L, D, F), ("layers", "embed", "mlp"), "normal"),
+      "up": ((L, D, F), ("layers", "embed", "mlp"), "normal"),
+      "down": ((L, F, D), ("layers", "mlp", "embed"), "normal"),
   }
   if cfg.attention_bias:
-    layers["q_bias"] = ((L, H, D), ("layers", "heads", "head_dim"), "zeros")
-    layers["k_bias"] = ((L, K, D), ("layers", "kv_heads", "head_dim"), "zeros")
-    layers["v_bias"] = ((L, K, D), ("layers", "kv_heads", "head_dim"), "zeros")
+    layers["q_bias"] = ((L, H, E), ("layers", "heads", "head_dim"), "zeros")
+    layers["k_bias"] = ((L, J, E), ("layers", "kv_heads", "head_dim"), "zeros")
+    layers["v_bias"] = ((L, J, E), ("layers", "kv_heads", "head_dim"), "zeros")
   if cfg.attention_out_bias:
-    layers["o_bias"] = ((L, E), ("layers", "embed"), "zeros")
+    layers["o_bias"] = ((L, D), ("layers", "embed"), "zeros")
   if cfg.qk_norm:
-    layers["q_norm"] = ((L, D), ("layers", "head_dim"), "ones")
-    layers["k_norm"] = ((L, D), ("layers", "head_dim"), "ones")
+    layers["q_norm"] = ((L, E), ("layers", "head_dim"), "ones")
+    layers["k_norm"] = ((L, E), ("layers", "head_dim"), "ones")
   specs: dict[str, Any] = {
-      "embed": ((V, E), ("vocab", "embed"), "normal"),
+      "embed": ((V, D), ("vocab", "embed"), "normal"),
       "layers": layers,
-      "final_norm": ((E,), ("embed",), "ones"),
+      "final_norm": ((D,), ("embed",), "ones"),
   }
   if cfg.is_reward_model:
-    specs["score"] = ((E, cfg.num_labels), ("embed", "labels"), "normal")
+    specs["score"] = ((D, cfg.num_labels), ("embed", "labels"), "normal")
   elif not cfg.tie_word_embeddings:
-    specs["lm_head"] = ((E, V), ("embed", "vocab"), "normal")
+    specs["lm_head"] = ((D, V), ("embed", "vocab"), "normal")
   return specs
 
 
@@ -129,16 +136,17 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
 
 
 def rope_sin_cos(positions_BT: jax.Array, cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
-  freqs_BTF = positions_BT.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(cfg))
-  return jnp.sin(freqs_BTF), jnp.cos(freqs_BTF)
+  """(sin, cos), each [B, T, E/2] float32."""
+  freqs = positions_BT.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(cfg))
+  return jnp.sin(freqs), jnp.cos(freqs)
 
 
-def apply_rope(x_BTHD: jax.Array, sin_BTF: jax.Array, cos_BTF: jax.Array) -> jax.Array:
-  """HF rotate-half RoPE, computed in float32."""
-  x = x_BTHD.astype(jnp.float32)
+def apply_rope(x_BTHE: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
+  """HF rotate-half RoPE of [B, T, heads, E] (sin, cos [B, T, E/2]), in float32."""
+  x = x_BTHE.astype(jnp.float32)
   x1, x2 = jnp.split(x, 2, axis=-1)
-  s, c = sin_BTF[:, :, None, :], cos_BTF[:, :, None, :]
-  return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x_BTHD.dtype)
+  s, c = sin[:, :, None, :], cos[:, :, None, :]
+  return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x_BTHE.dtype)
 
 
 def _proj(x_BTD: jax.Array, w_DX: jax.Array) -> jax.Array:
@@ -217,22 +225,12 @@ def _layer(cfg: ModelConfig, x_BTD, lp, sin, cos, mask_BTS, cache=None, layer=No
   B, T, D = x_BTD.shape
   w = lambda name: lp[name].astype(dt)
 
-  H, J, E = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
   h_BTD = rms_norm(x_BTD, lp["attn_norm"], cfg.rms_norm_eps)
-  if "qkv" in lp:  # fused by unstack_layers: one matmul, then split
-    qkv = _proj(h_BTD, w("qkv"))
-    if cfg.attention_bias:
-      qkv = qkv + w("qkv_bias")
-    q_BTHE = qkv[..., :H * E].reshape(B, T, H, E)
-    k_BTJE = qkv[..., H * E:(H + J) * E].reshape(B, T, J, E)
-    v_BTJE = qkv[..., (H + J) * E:].reshape(B, T, J, E)
-  else:
-    q_BTHE = _proj(h_BTD, w("q"))
-    k_BTJE = _proj(h_BTD, w("k"))
-    v_BTJE = _proj(h_BTD, w("v"))
-    if cfg.attention_bias:
-      q_BTHE, k_BTJE, v_BTJE = (q_BTHE + w("q_bias"), k_BTJE + w("k_bias"),
-                                v_BTJE + w("v_bias"))
+  q_BTHE = _proj(h_BTD, w("q"))
+  k_BTJE = _proj(h_BTD, w("k"))
+  v_BTJE = _proj(h_BTD, w("v"))
+  if cfg.attention_bias:
+    q_BTHE, k_BTJE, v_BTJE = q_BTHE + w("q_bias"), k_BTJE + w("k_bias"), v_BTJE + w("v_bias")
   if cfg.qk_norm:
     q_BTHE = rms_norm(q_BTHE, lp["q_norm"], cfg.rms_norm_eps)
     k_BTJE = rms_norm(k_BTJE, lp["k_norm"], cfg.rms_norm_eps)
@@ -248,11 +246,8 @@ def _layer(cfg: ModelConfig, x_BTD, lp, sin, cos, mask_BTS, cache=None, layer=No
   x_BTD = x_BTD + out_BTD
 
   h_BTD = rms_norm(x_BTD, lp["mlp_norm"], cfg.rms_norm_eps)
-  if "gate_up" in lp:
-    gate_BTF, up_BTF = jnp.split(_proj(h_BTD, w("gate_up")), 2, axis=-1)
-  else:
-    gate_BTF = _proj(h_BTD, w("gate"))
-    up_BTF = _proj(h_BTD, w("up"))
+  gate_BTF = _proj(h_BTD, w("gate"))
+  up_BTF = _proj(h_BTD, w("up"))
   x_BTD = x_BTD + _proj(jax.nn.silu(gate_BTF) * up_BTF, w("down"))
   return x_BTD, cache
 
@@ -283,7 +278,7 @@ class Decoder(nnx.Module):
         setattr(self, name, _param(_init_value(rngs.params(), shape, init, pd), axes))
 
   def head(self, hidden_BTD: jax.Array, head_DV: jax.Array | None = None) -> jax.Array:
-    """Final-norm hidden -> float32 logits [B, T, V] (or scores [B, T, N]).
+    """Final-norm hidden -> float32 logits [B, T, V] (or scores [B, T, num_labels]).
 
     head_DV: this model's `head_matrix`, laid out once by a caller that runs
     the head many times (the decode loop); None: read from the params.
@@ -331,6 +326,9 @@ class Decoder(nnx.Module):
       new_caches = []
       for i, lp in enumerate(layers):
         x_BTD, c = body(x_BTD, lp, None if cache is None else cache[i], None)
+        # As at the scan's loop boundary: XLA may not keep the residual in
+        # excess (float32) precision across layers.
+        x_BTD = jax.lax.optimization_barrier(x_BTD)
         new_caches.append(c)
       new_cache = None if cache is None else tuple(new_caches)
     else:
@@ -358,11 +356,11 @@ def _head_logits(h_BTD: jax.Array, *, head_DV: jax.Array | None = None,
   """The output head: h @ head_DV, or h @ embed_VD^T (tied), as one 2-D
   matmul with float32 accumulation -> float32 [B, T, V]."""
   B, T, D = h_BTD.shape
-  h_XD = h_BTD.reshape(B * T, D)
+  h2 = h_BTD.reshape(B * T, D)
   if head_DV is not None:
-    out = jnp.matmul(h_XD, head_DV, preferred_element_type=jnp.float32)
+    out = jnp.matmul(h2, head_DV, preferred_element_type=jnp.float32)
   else:
-    out = jax.lax.dot_general(h_XD, embed_VD, (((1,), (1,)), ((), ())),
+    out = jax.lax.dot_general(h2, embed_VD, (((1,), (1,)), ((), ())),
                               preferred_element_type=jnp.float32)
   return out.reshape(B, T, -1)
 
@@ -448,7 +446,7 @@ def lm_head(graphdef_or_params, params_or_hidden, hidden_BTD: jax.Array | None =
 
 
 def head_matrix(cfg: ModelConfig, params: nnx.State) -> jax.Array:
-  """The output head as one [D, V] (reward model: [D, N]) compute-dtype matrix.
+  """The output head as one [D, V] (reward model: [D, num_labels]) compute-dtype matrix.
 
   Passed as `head_DV` by a caller that runs the head once per decoded token,
   so a tied embedding is transposed once, not at every step.
@@ -461,27 +459,17 @@ def head_matrix(cfg: ModelConfig, params: nnx.State) -> jax.Array:
   return params["lm_head"][...].astype(dt)
 
 
-def unstack_layers(cfg: ModelConfig, params: nnx.State, fuse: bool = True
-                   ) -> tuple[dict[str, jax.Array], ...]:
+def unstack_layers(cfg: ModelConfig, params: nnx.State) -> tuple[dict[str, jax.Array], ...]:
   """Stacked [L, ...] layer params -> L per-layer dicts in the compute dtype
   (the `layers` argument of `forward`).
 
-  fuse: q/k/v become one 'qkv' [D, (H + 2J) * E] (and 'qkv_bias') and
-  gate/up one 'gate_up' [D, 2F]: two matmuls per layer instead of five.
+  Not fused (one q/k/v or gate/up matmul): under XLA's excess-precision
+  rewrites a fused matmul rounds its outputs differently from the scanned
+  layers, which would make the sampler's log-probs differ from the trainer's.
   """
   dt = cfg.compute_dtype
   stacked = {k: v[...] for k, v in params["layers"].items()}
-  D = cfg.hidden_size
-  layers = []
-  for i in range(cfg.num_layers):
-    lp = {k: v[i].astype(dt) for k, v in stacked.items()}
-    if fuse:
-      lp["qkv"] = jnp.concatenate([lp.pop(k).reshape(D, -1) for k in ("q", "k", "v")], 1)
-      if cfg.attention_bias:
-        lp["qkv_bias"] = jnp.concatenate([lp.pop(k + "_bias").reshape(-1) for k in "qkv"])
-      lp["gate_up"] = jnp.concatenate([lp.pop("gate"), lp.pop("up")], 1)
-    layers.append(lp)
-  return tuple(layers)
+  return tuple({k: v[i].astype(dt) for k, v in stacked.items()} for i in range(cfg.num_layers))
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> dict:
