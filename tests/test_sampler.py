@@ -277,11 +277,16 @@ def test_bf16_sampler_logprobs_match_trainer(tmp_path):
              settings)
   m = np.asarray(r.completion_mask)
   assert m.all()  # no stop tokens: every position is compared
-  train, _ = models.token_logprobs(graphdef, params, r.tokens, r.mask)
-  train = np.asarray(train)[:, tokens.shape[1]:]
+  p = tokens.shape[1]
+  train = np.asarray(models.token_logprobs(graphdef, params, r.tokens, r.mask)[0])[:, p:]
   cached = _cached_logprobs(graphdef, params, r)
   gap = np.abs(np.asarray(r.policy_logprobs) - train)[m]
   inherent = np.abs(cached - train)[m]
-  assert inherent.max() > 0  # bf16 rounding is visible: the comparison has power
-  assert gap.max() <= inherent.max() and gap.mean() <= 1.1 * inherent.mean(), (
-      gap.max(), inherent.max(), gap.mean(), inherent.mean())
+  # Plus float32 rounding of a log-softmax (the sampler's logsumexp is its own).
+  atol = 8 * np.finfo(np.float32).eps * np.abs(train).max()
+  assert gap.max() <= inherent.max() + atol, (gap.max(), inherent.max())
+  assert gap.mean() <= inherent.mean() + atol, (gap.mean(), inherent.mean())
+  # The test has power: bf16 moves the log-probs far more than the tolerance.
+  _, g32, p32 = models.load_hf(d)
+  train32 = np.asarray(models.token_logprobs(g32, p32, r.tokens, r.mask)[0])[:, p:]
+  assert np.abs(train32 - train)[m].max() > 100 * (inherent.max() + atol)
