@@ -175,16 +175,19 @@ def attend(q_BTHE: jax.Array, k_BSJE: jax.Array, v_BSJE: jax.Array,
   dt = q_BTHE.dtype
   q_BTHE = q_BTHE * jnp.asarray(E ** -0.5, dt)
   # Batched matmuls with leading batch dims (b, j): the Q query heads that
-  # share a KV head are stacked along the query axis.
-  q_BJQTE = q_BTHE.reshape(B, T, J, Q, E).transpose(0, 2, 3, 1, 4)
-  scores_BJQTS = jnp.einsum("bjqte,bsje->bjqts", q_BJQTE, k_BSJE.astype(dt),
-                            preferred_element_type=jnp.float32)
+  # share a KV head are stacked along the query axis (m = q * T + t).
+  q_BJmE = q_BTHE.reshape(B, T, J, Q, E).transpose(0, 2, 3, 1, 4).reshape(B, J, Q * T, E)
+  k_BJSE = k_BSJE.transpose(0, 2, 1, 3).astype(dt)
+  v_BJSE = v_BSJE.transpose(0, 2, 1, 3).astype(dt)
+  scores_BJmS = jnp.einsum("bjme,bjse->bjms", q_BJmE, k_BJSE,
+                           preferred_element_type=jnp.float32)
   # Additive mask, then softmax (its custom JVP keeps the backward to few
   # passes over the scores).
   bias_B11TS = jnp.where(mask_BTS, 0.0, _NEG_INF).astype(jnp.float32)[:, None, None]
-  probs_BJQTS = jax.nn.softmax(scores_BJQTS + bias_B11TS, axis=-1).astype(dt)
-  out_BJQTE = jnp.einsum("bjqts,bsje->bjqte", probs_BJQTS, v_BSJE.astype(dt))
-  return out_BJQTE.transpose(0, 3, 1, 2, 4).reshape(B, T, H, E)
+  probs_BJQTS = jax.nn.softmax(scores_BJmS.reshape(B, J, Q, T, S) + bias_B11TS, axis=-1)
+  out_BJmE = jnp.einsum("bjms,bjse->bjme", probs_BJQTS.astype(dt).reshape(B, J, Q * T, S),
+                        v_BJSE)
+  return out_BJmE.reshape(B, J, Q, T, E).transpose(0, 3, 1, 2, 4).reshape(B, T, H, E)
 
 
 def _write_cache(cache: dict[str, jax.Array], k_BTJE: jax.Array, v_BTJE: jax.Array,

@@ -6,12 +6,15 @@ Prompts are left-padded to a static length P (see `pad_prompts`); completions
 have the static length C = settings.max_new_tokens. One jit covers prefill and
 decode and is compiled once per (model, settings, B, P).
 
-Layout: row n = b * G + g of every [N = B * G, ...] output is the g-th
+Layout: row n = b * R + r of every [N = B * R, ...] output is the r-th
 completion of prompt b; `group_ids[n] = b`. The KV cache holds prompt token p
 at slot p and completion token i at slot P + i (P + C - 1 slots at most; it
 grows between decode segments, see `SamplingSettings.decode_segments`).
 Sampling is exact inverse-CDF sampling from softmax of the filtered logits
 (one uniform per row and step, keys `fold_in(key, i)`).
+The model runs through `rlx.models.forward` and `rlx.models.lm_head`, the code
+the trainer runs (this module holds no layer math), so in bf16 too the
+log-probs equal the model's own KV-cached ones.
 """
 from __future__ import annotations
 
@@ -28,10 +31,10 @@ from rlx.sampling.step import SamplingSettings, sample_step
 
 @flax.struct.dataclass
 class Rollout:
-  """Sampled completions (a pytree; N = B * G rows, row b * G + g).
+  """Sampled completions (a pytree; N = B * R rows, row b * R + r).
 
   Attributes:
-    prompt_tokens: [N, P] int32, left-padded prompts (repeated G times).
+    prompt_tokens: [N, P] int32, left-padded prompts (repeated R times).
     prompt_mask: [N, P] bool, True on prompt tokens.
     completion_tokens: [N, C] int32, pad_token_id after the end.
     completion_mask: [N, C] bool, True up to and including the end token.
@@ -80,8 +83,8 @@ def _sample(graphdef: Any, params: Any, prompt_tokens_BP: jax.Array, prompt_mask
             key: jax.Array, settings: SamplingSettings) -> Rollout:
   cfg = models.config_of(graphdef, params)
   b, p = prompt_tokens_BP.shape
-  g, c = settings.group_size, settings.max_new_tokens
-  n = b * g
+  r, c = settings.group_size, settings.max_new_tokens
+  n = b * r
   prompt_tokens_BP = prompt_tokens_BP.astype(jnp.int32)
   prompt_mask_BP = prompt_mask_BP.astype(bool)
   # Decode step i (1 <= i < c) feeds completion token i - 1 at slot p + i - 1.
@@ -112,8 +115,8 @@ def _sample(graphdef: Any, params: Any, prompt_tokens_BP: jax.Array, prompt_mask
                           kv_mask_BS[:, :lengths[0]], cache, 0)
   logits_BV = models.lm_head(graphdef, params, hidden_BPD[:, -1:], head_DV=head_DV)[:, 0]
 
-  # Group replication: row b * G + g reads prompt b's cache.
-  rep = lambda x, axis=0: jnp.repeat(x, g, axis=axis) if g > 1 else x
+  # Group replication: row b * R + r reads prompt b's cache.
+  rep = lambda x, axis=0: jnp.repeat(x, r, axis=axis) if r > 1 else x
   cache = jax.tree.map(lambda x: rep(x, axis=batch_axis), cache)
   kv_mask_NS = rep(kv_mask_BS)
   prompt_len_N = rep(jnp.sum(prompt_mask_BP, axis=1, dtype=jnp.int32))
@@ -162,7 +165,7 @@ def _sample(graphdef: Any, params: Any, prompt_tokens_BP: jax.Array, prompt_mask
       prompt_tokens=rep(prompt_tokens_BP), prompt_mask=rep(prompt_mask_BP),
       completion_tokens=tokens_NC, completion_mask=mask_NC,
       sample_logprobs=slogp_NC, policy_logprobs=plogp_NC,
-      group_ids=jnp.arange(n, dtype=jnp.int32) // g, truncated=~done_N,
+      group_ids=jnp.arange(n, dtype=jnp.int32) // r, truncated=~done_N,
       completion_lengths=jnp.sum(mask_NC, axis=1, dtype=jnp.int32))
 
 
@@ -182,7 +185,7 @@ def sample(graphdef: Any, params: Any, prompt_tokens_BP: jax.Array, prompt_mask_
     settings: static `SamplingSettings`.
 
   Returns:
-    A `Rollout` with N = B * G rows. Jitted once per (graphdef, settings, B,
+    A `Rollout` with N = B * R rows. Jitted once per (graphdef, settings, B,
     P); decoding stops early once every row has produced a stop token.
   """
   if not isinstance(settings, SamplingSettings):
