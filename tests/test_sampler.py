@@ -240,3 +240,53 @@ def test_cli_greedy_matches_transformers(ckpts, capsys):
   ref = ref[:ref.index(tok.eos_token_id)] if tok.eos_token_id in ref else ref
   assert texts == [tok.decode(ref)] * 2
   assert texts[0] in capsys.readouterr().out
+
+
+def _cached_logprobs(graphdef, params, r: Rollout):
+  """Log-probs of the completion tokens from the model's own KV-cached forward
+  (`models.forward` with a stacked cache: the prompt, then one token a step)."""
+  cfg = models.config_of(graphdef, params)
+  fwd = jax.jit(models.forward, static_argnums=0)
+  tokens_NT, mask_NT = r.tokens, r.mask
+  n, t = tokens_NT.shape
+  p = r.prompt_tokens.shape[1]
+  positions_NT = models.positions_from_mask(mask_NT)
+  cache = models.init_cache(cfg, n, t)
+  logits, cache = fwd(graphdef, params, tokens_NT[:, :p], positions_NT[:, :p], mask_NT,
+                      cache=cache, cache_index=jnp.int32(0))
+  steps = [logits[:, -1:]]
+  for s in range(p, t - 1):
+    logits, cache = fwd(graphdef, params, tokens_NT[:, s:s + 1], positions_NT[:, s:s + 1],
+                        mask_NT, cache=cache, cache_index=jnp.int32(s))
+    steps.append(logits)
+  logp_NCV = jax.nn.log_softmax(jnp.concatenate(steps, axis=1), -1)
+  logp_NC = jnp.take_along_axis(logp_NCV, r.completion_tokens[..., None], -1)[..., 0]
+  return np.asarray(jnp.where(r.completion_mask, logp_NC, 0.0))
+
+
+def test_bf16_sampler_logprobs_match_trainer(tmp_path):
+  """bf16 params and compute: the sampler's policy_logprobs differ from the
+  trainer's token_logprobs on the same tokens by no more than the model's own
+  KV-cached forward differs from its full forward (the rounding of incremental
+  decoding), because both are the same layer code."""
+  d = testing.make_tiny_checkpoint(tmp_path / "qwen3", "qwen3", seed=3, tied=True)
+  _, graphdef, params = models.load_hf(d, dtype="bfloat16", param_dtype="bfloat16")
+  tokens, mask = testing.padded_batch(0, 3, 10)
+  settings = SamplingSettings(max_new_tokens=24, group_size=4)
+  r = sample(graphdef, params, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(0),
+             settings)
+  m = np.asarray(r.completion_mask)
+  assert m.all()  # no stop tokens: every position is compared
+  p = tokens.shape[1]
+  train = np.asarray(models.token_logprobs(graphdef, params, r.tokens, r.mask)[0])[:, p:]
+  cached = _cached_logprobs(graphdef, params, r)
+  gap = np.abs(np.asarray(r.policy_logprobs) - train)[m]
+  inherent = np.abs(cached - train)[m]
+  # Plus float32 rounding of a log-softmax (the sampler's logsumexp is its own).
+  atol = 8 * np.finfo(np.float32).eps * np.abs(train).max()
+  assert gap.max() <= inherent.max() + atol, (gap.max(), inherent.max())
+  assert gap.mean() <= inherent.mean() + atol, (gap.mean(), inherent.mean())
+  # The test has power: bf16 moves the log-probs far more than the tolerance.
+  _, g32, p32 = models.load_hf(d)
+  train32 = np.asarray(models.token_logprobs(g32, p32, r.tokens, r.mask)[0])[:, p:]
+  assert np.abs(train32 - train)[m].max() > 100 * (inherent.max() + atol)

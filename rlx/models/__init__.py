@@ -8,9 +8,15 @@ Public API (all pure functions of (graphdef, params); no module crosses jit):
   init_model(cfg, key) -> (graphdef, params)
   abstract_model(cfg) -> (graphdef, params of ShapeDtypeStruct)
   forward(graphdef, params, tokens_BT, positions_BT, kv_mask_BS, cache=None,
-          cache_index=0, return_hidden=False, remat=None) -> (logits_BTV | hidden_BTE, cache)
-  lm_head(graphdef, params, hidden_BTE) | lm_head(params, hidden_BTE) -> logits_BTV
-  init_cache(cfg, batch, max_len, dtype=None) -> {'k', 'v'}: [L, B, S, Hkv, D]
+          cache_index=0, return_hidden=False, remat=None, layers=None)
+      -> (logits_BTV | hidden_BTD, cache)
+  lm_head(graphdef, params, hidden_BTD, head_DV=None) | lm_head(params, hidden_BTD) -> logits_BTV
+  head_matrix(cfg, params) -> head_DV (the head laid out once, for decoding)
+  attend(q_BTHE, k_BSJE, v_BSJE, mask_BTS) -> out_BTHE   (the attention core)
+  init_cache(cfg, batch, max_len, dtype=None) -> {'k', 'v'}: [L, B, S, J, E]
+  unstack_layers(cfg, params) -> per-layer params (forward's `layers`)
+  init_layer_caches(cfg, batch, max_len, dtype=None) -> per-layer caches
+  grow_cache(cache, extra), cache_length(cache)
   positions_from_mask(mask_BT) -> positions_BT
   logical_axes(params) -> same tree, values = PartitionSpec of logical axis names
   config_of(graphdef, params) -> ModelConfig
@@ -30,9 +36,10 @@ Logical axis names: 'vocab', 'embed', 'heads', 'kv_heads', 'head_dim', 'mlp',
 """
 from rlx.models.config import (CAUSAL_LM_ARCHITECTURES, FAMILIES, SEQ_CLS_ARCHITECTURES,
                                SUPPORTED_ARCHITECTURES, ModelConfig)
-from rlx.models.decoder import (CACHE_AXES, Decoder, abstract_model, config_of, forward,
-                                init_cache, init_model, lm_head, logical_axes, num_params,
-                                param_specs, positions_from_mask)
+from rlx.models.decoder import (CACHE_AXES, Decoder, abstract_model, attend, cache_length,
+                                config_of, forward, grow_cache, head_matrix, init_cache,
+                                init_layer_caches, init_model, lm_head, logical_axes,
+                                num_params, param_specs, positions_from_mask, unstack_layers)
 from rlx.models.hf_io import load_hf, load_tokenizer, save_hf
 from rlx.models.logprobs import logprobs_from_logits, sequence_logprob, token_logprobs
 from rlx.models.reward_model import (init_reward_model, load_reward_model, reward_model_from_lm,

@@ -5,25 +5,32 @@ so compile time does not grow with depth. Every parameter carries logical axis
 names in its `out_sharding` metadata (no eager sharding); `logical_axes(params)`
 reads them back for rlx/parallel.
 
-Parameter layout (L layers, E hidden, H heads, K kv heads, D head_dim,
-M intermediate, V vocab, N num_labels):
+Shape letters: L layers, D model width, H query heads, J KV heads (GQA:
+Q = H / J query heads per KV head), E head dim, F MLP width, V vocabulary,
+B batch rows, T query positions, S key/value positions (cache slots).
+Parameter layout:
 
-  embed              [V, E]        ('vocab', 'embed')
-  layers/attn_norm   [L, E]        ('layers', 'embed')
-  layers/q           [L, E, H, D]  ('layers', 'embed', 'heads', 'head_dim')
-  layers/k, v        [L, E, K, D]  ('layers', 'embed', 'kv_heads', 'head_dim')
-  layers/o           [L, H, D, E]  ('layers', 'heads', 'head_dim', 'embed')
-  layers/q_bias      [L, H, D]     (attention_bias)  k_bias, v_bias [L, K, D]
-  layers/o_bias      [L, E]        (attention_out_bias)
-  layers/q_norm, k_norm [L, D]     ('layers', 'head_dim')  (qk_norm)
-  layers/mlp_norm    [L, E]
-  layers/gate, up    [L, E, M]     ('layers', 'embed', 'mlp')
-  layers/down        [L, M, E]     ('layers', 'mlp', 'embed')
-  final_norm         [E]           ('embed',)
-  lm_head            [E, V]        ('embed', 'vocab')   (causal LM, untied only)
-  score              [E, N]        ('embed', 'labels')  (reward model only)
+  embed              [V, D]        ('vocab', 'embed')
+  layers/attn_norm   [L, D]        ('layers', 'embed')
+  layers/q           [L, D, H, E]  ('layers', 'embed', 'heads', 'head_dim')
+  layers/k, v        [L, D, J, E]  ('layers', 'embed', 'kv_heads', 'head_dim')
+  layers/o           [L, H, E, D]  ('layers', 'heads', 'head_dim', 'embed')
+  layers/q_bias      [L, H, E]     (attention_bias)  k_bias, v_bias [L, J, E]
+  layers/o_bias      [L, D]        (attention_out_bias)
+  layers/q_norm, k_norm [L, E]     ('layers', 'head_dim')  (qk_norm)
+  layers/mlp_norm    [L, D]
+  layers/gate, up    [L, D, F]     ('layers', 'embed', 'mlp')
+  layers/down        [L, F, D]     ('layers', 'mlp', 'embed')
+  final_norm         [D]           ('embed',)
+  lm_head            [D, V]        ('embed', 'vocab')   (causal LM, untied only)
+  score              [D, num_labels] ('embed', 'labels')  (reward model only)
 
-KV cache: {'k': [L, B, S, K, D], 'v': same}, axes CACHE_AXES.
+The layer math (`_layer`: norms, projections, RoPE, `attend`, MLP) and the
+head (`_head_logits`) exist once here; training, reference and reward models
+run them through `forward`, and so does the sampler (rlx.sampling), with the
+per-layer options of `forward(layers=unstack_layers(...))`.
+KV caches: stacked {'k', 'v'}: [L, B, S, J, E] (CACHE_AXES, `init_cache`), or
+per layer (`init_layer_caches`, see `_write_cache`).
 """
 from __future__ import annotations
 
@@ -52,37 +59,37 @@ def param_specs(cfg: ModelConfig) -> dict[str, Any]:
 
   init is 'normal' (N(0, 0.02)), 'ones' or 'zeros'.
   """
-  L, E, H, K, D = cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-  M, V = cfg.intermediate_size, cfg.vocab_size
+  L, D, H, J, E = cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  F, V = cfg.intermediate_size, cfg.vocab_size
   layers: dict[str, Any] = {
-      "attn_norm": ((L, E), ("layers", "embed"), "ones"),
-      "q": ((L, E, H, D), ("layers", "embed", "heads", "head_dim"), "normal"),
-      "k": ((L, E, K, D), ("layers", "embed", "kv_heads", "head_dim"), "normal"),
-      "v": ((L, E, K, D), ("layers", "embed", "kv_heads", "head_dim"), "normal"),
-      "o": ((L, H, D, E), ("layers", "heads", "head_dim", "embed"), "normal"),
-      "mlp_norm": ((L, E), ("layers", "embed"), "ones"),
-      "gate": ((L, E, M), ("layers", "embed", "mlp"), "normal"),
-      "up": ((L, E, M), ("layers", "embed", "mlp"), "normal"),
-      "down": ((L, M, E), ("layers", "mlp", "embed"), "normal"),
+      "attn_norm": ((L, D), ("layers", "embed"), "ones"),
+      "q": ((L, D, H, E), ("layers", "embed", "heads", "head_dim"), "normal"),
+      "k": ((L, D, J, E), ("layers", "embed", "kv_heads", "head_dim"), "normal"),
+      "v": ((L, D, J, E), ("layers", "embed", "kv_heads", "head_dim"), "normal"),
+      "o": ((L, H, E, D), ("layers", "heads", "head_dim", "embed"), "normal"),
+      "mlp_norm": ((L, D), ("layers", "embed"), "ones"),
+      "gate": ((L, D, F), ("layers", "embed", "mlp"), "normal"),
+      "up": ((L, D, F), ("layers", "embed", "mlp"), "normal"),
+      "down": ((L, F, D), ("layers", "mlp", "embed"), "normal"),
   }
   if cfg.attention_bias:
-    layers["q_bias"] = ((L, H, D), ("layers", "heads", "head_dim"), "zeros")
-    layers["k_bias"] = ((L, K, D), ("layers", "kv_heads", "head_dim"), "zeros")
-    layers["v_bias"] = ((L, K, D), ("layers", "kv_heads", "head_dim"), "zeros")
+    layers["q_bias"] = ((L, H, E), ("layers", "heads", "head_dim"), "zeros")
+    layers["k_bias"] = ((L, J, E), ("layers", "kv_heads", "head_dim"), "zeros")
+    layers["v_bias"] = ((L, J, E), ("layers", "kv_heads", "head_dim"), "zeros")
   if cfg.attention_out_bias:
-    layers["o_bias"] = ((L, E), ("layers", "embed"), "zeros")
+    layers["o_bias"] = ((L, D), ("layers", "embed"), "zeros")
   if cfg.qk_norm:
-    layers["q_norm"] = ((L, D), ("layers", "head_dim"), "ones")
-    layers["k_norm"] = ((L, D), ("layers", "head_dim"), "ones")
+    layers["q_norm"] = ((L, E), ("layers", "head_dim"), "ones")
+    layers["k_norm"] = ((L, E), ("layers", "head_dim"), "ones")
   specs: dict[str, Any] = {
-      "embed": ((V, E), ("vocab", "embed"), "normal"),
+      "embed": ((V, D), ("vocab", "embed"), "normal"),
       "layers": layers,
-      "final_norm": ((E,), ("embed",), "ones"),
+      "final_norm": ((D,), ("embed",), "ones"),
   }
   if cfg.is_reward_model:
-    specs["score"] = ((E, cfg.num_labels), ("embed", "labels"), "normal")
+    specs["score"] = ((D, cfg.num_labels), ("embed", "labels"), "normal")
   elif not cfg.tie_word_embeddings:
-    specs["lm_head"] = ((E, V), ("embed", "vocab"), "normal")
+    specs["lm_head"] = ((D, V), ("embed", "vocab"), "normal")
   return specs
 
 
@@ -129,79 +136,123 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
 
 
 def rope_sin_cos(positions_BT: jax.Array, cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
-  freqs_BTF = positions_BT.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(cfg))
-  return jnp.sin(freqs_BTF), jnp.cos(freqs_BTF)
+  """(sin, cos), each [B, T, E/2] float32."""
+  freqs = positions_BT.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(cfg))
+  return jnp.sin(freqs), jnp.cos(freqs)
 
 
-def apply_rope(x_BTHD: jax.Array, sin_BTF: jax.Array, cos_BTF: jax.Array) -> jax.Array:
-  """HF rotate-half RoPE, computed in float32."""
-  x = x_BTHD.astype(jnp.float32)
+def apply_rope(x_BTHE: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
+  """HF rotate-half RoPE of [B, T, heads, E] (sin, cos [B, T, E/2]), in float32."""
+  x = x_BTHE.astype(jnp.float32)
   x1, x2 = jnp.split(x, 2, axis=-1)
-  s, c = sin_BTF[:, :, None, :], cos_BTF[:, :, None, :]
-  return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x_BTHD.dtype)
+  s, c = sin[:, :, None, :], cos[:, :, None, :]
+  return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x_BTHE.dtype)
 
 
-def _proj(x_BTE: jax.Array, w_EX: jax.Array) -> jax.Array:
-  """x [B, T, E] @ w [E, ...] as one 2-D matmul (XLA:CPU runs 3-D dots several
-  times slower than the same work as [B*T, E] @ [E, X])."""
-  B, T, E = x_BTE.shape
-  out = x_BTE.reshape(B * T, E) @ w_EX.reshape(E, -1)
-  return out.reshape((B, T) + w_EX.shape[1:])
+def _proj(x_BTD: jax.Array, w_DX: jax.Array) -> jax.Array:
+  """x [B, T, D] @ w [D, ...] as one 2-D matmul (XLA:CPU runs 3-D dots several
+  times slower than the same work as [B*T, D] @ [D, X])."""
+  B, T, D = x_BTD.shape
+  out = x_BTD.reshape(B * T, D) @ w_DX.reshape(D, -1)
+  return out.reshape((B, T) + w_DX.shape[1:])
 
 
-def _layer(cfg: ModelConfig, x_BTE, lp, sin, cos, mask_BTS, cache=None, layer=None,
+def attend(q_BTHE: jax.Array, k_BSJE: jax.Array, v_BSJE: jax.Array,
+           mask_BTS: jax.Array) -> jax.Array:
+  """Causal-LM attention core: softmax(q k^T / sqrt(E) + bias) v, GQA.
+
+  Query head h reads KV head h // Q (H = J * Q). mask_BTS[b, t, s] True lets
+  query t attend key s. The queries are scaled in their own dtype before the
+  score matmul (the smaller operand); scores and softmax are float32; a masked
+  key gets the additive bias _NEG_INF, so a fully masked row (a padding query)
+  gets uniform weights: finite, and ignored downstream. Returns [B, T, H, E]
+  in q's dtype. The KV-cache layouts of `_write_cache` read in place here:
+  XLA cancels their transposes against the ones below.
+  """
+  B, T, H, E = q_BTHE.shape
+  S, J = k_BSJE.shape[1], k_BSJE.shape[2]
+  Q = H // J
+  dt = q_BTHE.dtype
+  q_BTHE = q_BTHE * jnp.asarray(E ** -0.5, dt)
+  # Batched matmuls with leading batch dims (b, j): the Q query heads that
+  # share a KV head are stacked along the query axis (m = q * T + t).
+  q_BJmE = q_BTHE.reshape(B, T, J, Q, E).transpose(0, 2, 3, 1, 4).reshape(B, J, Q * T, E)
+  k_BJSE = k_BSJE.transpose(0, 2, 1, 3).astype(dt)
+  v_BJSE = v_BSJE.transpose(0, 2, 1, 3).astype(dt)
+  scores_BJmS = jnp.einsum("bjme,bjse->bjms", q_BJmE, k_BJSE,
+                           preferred_element_type=jnp.float32)
+  # Additive mask, then softmax (its custom JVP keeps the backward to few
+  # passes over the scores).
+  bias_B11TS = jnp.where(mask_BTS, 0.0, _NEG_INF).astype(jnp.float32)[:, None, None]
+  probs_BJQTS = jax.nn.softmax(scores_BJmS.reshape(B, J, Q, T, S) + bias_B11TS, axis=-1)
+  out_BJmE = jnp.einsum("bjms,bjse->bjme", probs_BJQTS.astype(dt).reshape(B, J, Q * T, S),
+                        v_BJSE)
+  return out_BJmE.reshape(B, J, Q, T, E).transpose(0, 3, 1, 2, 4).reshape(B, T, H, E)
+
+
+def _write_cache(cache: dict[str, jax.Array], k_BTJE: jax.Array, v_BTJE: jax.Array,
+                 index: jax.Array, layer: jax.Array | None):
+  """Writes T new keys/values at slots [index, index + T) of one layer's cache.
+
+  Returns (cache, k_BSJE, v_BSJE), the last two views of the whole cache.
+  layer given: the stacked cache [L, B, S, J, E] (CACHE_AXES) carried through
+  the layer scan. layer None: one layer's own cache (`init_layer_caches`),
+  keys [B, J, E, S] and values [B, J, S, E], the operand layouts of the score
+  and weighted-sum matmuls, so a decode step reads the cache in place (a
+  [B, S, J, E] cache is transposed, i.e. copied, at every step on XLA:CPU).
+  """
+  k_BTJE, v_BTJE = k_BTJE.astype(cache["k"].dtype), v_BTJE.astype(cache["v"].dtype)
+  if layer is not None:
+    idx = (layer, 0, index, 0, 0)
+    cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k_BTJE[None], idx),
+             "v": jax.lax.dynamic_update_slice(cache["v"], v_BTJE[None], idx)}
+    k_BSJE = jax.lax.dynamic_index_in_dim(cache["k"], layer, 0, keepdims=False)
+    v_BSJE = jax.lax.dynamic_index_in_dim(cache["v"], layer, 0, keepdims=False)
+    return cache, k_BSJE, v_BSJE
+  k_BJES = jax.lax.dynamic_update_slice(cache["k"], k_BTJE.transpose(0, 2, 3, 1),
+                                        (0, 0, 0, index))
+  v_BJSE = jax.lax.dynamic_update_slice(cache["v"], v_BTJE.transpose(0, 2, 1, 3),
+                                        (0, 0, index, 0))
+  return ({"k": k_BJES, "v": v_BJSE}, k_BJES.transpose(0, 3, 1, 2),
+          v_BJSE.transpose(0, 2, 1, 3))
+
+
+def _layer(cfg: ModelConfig, x_BTD, lp, sin, cos, mask_BTS, cache=None, layer=None,
            cache_index=None):
-  """One decoder layer. Returns (x, cache) with this layer's new K/V written in cache."""
+  """One decoder layer. Returns (x, cache) with this layer's new K/V written in cache.
+
+  lp: this layer's params (stacked names of `param_specs`, without the L axis).
+  cache None: attention over the T inputs only; else see `_write_cache`.
+  """
   dt = cfg.compute_dtype
-  B, T, E = x_BTE.shape
-  H, K, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-  G = H // K
+  B, T, D = x_BTD.shape
   w = lambda name: lp[name].astype(dt)
 
-  h = rms_norm(x_BTE, lp["attn_norm"], cfg.rms_norm_eps)
-  q = _proj(h, w("q"))  # [B, T, H, D]
-  k = _proj(h, w("k"))  # [B, T, K, D]
-  v = _proj(h, w("v"))
+  h_BTD = rms_norm(x_BTD, lp["attn_norm"], cfg.rms_norm_eps)
+  q_BTHE = _proj(h_BTD, w("q"))
+  k_BTJE = _proj(h_BTD, w("k"))
+  v_BTJE = _proj(h_BTD, w("v"))
   if cfg.attention_bias:
-    q, k, v = q + w("q_bias"), k + w("k_bias"), v + w("v_bias")
+    q_BTHE, k_BTJE, v_BTJE = q_BTHE + w("q_bias"), k_BTJE + w("k_bias"), v_BTJE + w("v_bias")
   if cfg.qk_norm:
-    q = rms_norm(q, lp["q_norm"], cfg.rms_norm_eps)
-    k = rms_norm(k, lp["k_norm"], cfg.rms_norm_eps)
-  q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
-  if cache is not None:
-    # In-place update of the full [L, B, S, K, D] cache carried through the scan.
-    idx = (layer, 0, cache_index, 0, 0)
-    cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k[None].astype(cache["k"].dtype), idx),
-             "v": jax.lax.dynamic_update_slice(cache["v"], v[None].astype(cache["v"].dtype), idx)}
-    k_all = jax.lax.dynamic_index_in_dim(cache["k"], layer, 0, keepdims=False).astype(dt)
-    v_all = jax.lax.dynamic_index_in_dim(cache["v"], layer, 0, keepdims=False).astype(dt)
+    q_BTHE = rms_norm(q_BTHE, lp["q_norm"], cfg.rms_norm_eps)
+    k_BTJE = rms_norm(k_BTJE, lp["k_norm"], cfg.rms_norm_eps)
+  q_BTHE, k_BTJE = apply_rope(q_BTHE, sin, cos), apply_rope(k_BTJE, sin, cos)
+  if cache is None:
+    k_BSJE, v_BSJE = k_BTJE, v_BTJE
   else:
-    k_all, v_all = k, v
-  S = k_all.shape[1]
-  # Batched matmuls with leading batch dims (b, k): queries of the G heads that
-  # share a KV head are stacked along the query axis.
-  q = q * jnp.asarray(D ** -0.5, q.dtype)  # scale the (smaller) queries, not the scores
-  q_BKQD = q.reshape(B, T, K, G, D).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, D)
-  k_BKSD = k_all.transpose(0, 2, 1, 3)
-  v_BKSD = v_all.transpose(0, 2, 1, 3)
-  scores = jnp.einsum("bkqd,bksd->bkqs", q_BKQD, k_BKSD, preferred_element_type=jnp.float32)
-  # Additive mask, then softmax (its custom JVP keeps the backward to few passes
-  # over the [B, K, G, T, S] scores). A fully masked row (a padding query) gets
-  # uniform weights: finite, and ignored downstream.
-  bias_B11TS = jnp.where(mask_BTS, 0.0, _NEG_INF).astype(jnp.float32)[:, None, None]
-  probs = jax.nn.softmax(scores.reshape(B, K, G, T, S) + bias_B11TS, axis=-1).astype(dt)
-  attn = jnp.einsum("bkqs,bksd->bkqd", probs.reshape(B, K, G * T, S), v_BKSD)
-  attn = attn.reshape(B, K, G, T, D).transpose(0, 3, 1, 2, 4).reshape(B * T, H * D)
-  out = (attn @ w("o").reshape(H * D, E)).reshape(B, T, E)
+    cache, k_BSJE, v_BSJE = _write_cache(cache, k_BTJE, v_BTJE, cache_index, layer)
+  attn_BTHE = attend(q_BTHE, k_BSJE, v_BSJE, mask_BTS)
+  out_BTD = _proj(attn_BTHE.reshape(B, T, -1), w("o").reshape(-1, D))
   if cfg.attention_out_bias:
-    out = out + w("o_bias")
-  x_BTE = x_BTE + out
+    out_BTD = out_BTD + w("o_bias")
+  x_BTD = x_BTD + out_BTD
 
-  h = rms_norm(x_BTE, lp["mlp_norm"], cfg.rms_norm_eps)
-  gate = _proj(h, w("gate"))
-  up = _proj(h, w("up"))
-  x_BTE = x_BTE + _proj(jax.nn.silu(gate) * up, w("down"))
-  return x_BTE, cache
+  h_BTD = rms_norm(x_BTD, lp["mlp_norm"], cfg.rms_norm_eps)
+  gate_BTF = _proj(h_BTD, w("gate"))
+  up_BTF = _proj(h_BTD, w("up"))
+  x_BTD = x_BTD + _proj(jax.nn.silu(gate_BTF) * up_BTF, w("down"))
+  return x_BTD, cache
 
 
 def remat_policy(remat: bool | str):
@@ -229,29 +280,28 @@ class Decoder(nnx.Module):
         shape, axes, init = spec
         setattr(self, name, _param(_init_value(rngs.params(), shape, init, pd), axes))
 
-  def head(self, hidden_BTE: jax.Array) -> jax.Array:
-    """Final-norm hidden -> float32 logits [B, T, V] (or scores [B, T, N])."""
+  def head(self, hidden_BTD: jax.Array, head_DV: jax.Array | None = None) -> jax.Array:
+    """Final-norm hidden -> float32 logits [B, T, V] (or scores [B, T, num_labels]).
+
+    head_DV: this model's `head_matrix`, laid out once by a caller that runs
+    the head many times (the decode loop); None: read from the params.
+    """
     dt = self.cfg.compute_dtype
-    h = hidden_BTE.astype(dt)
+    if head_DV is not None:
+      return _head_logits(hidden_BTD.astype(dt), head_DV=head_DV.astype(dt))
     if self.cfg.is_reward_model:
-      return jnp.einsum("bte,en->btn", h, self.score[...].astype(dt),
-                        preferred_element_type=jnp.float32)
-    B, T, E = h.shape
-    h2 = h.reshape(B * T, E)
+      return _head_logits(hidden_BTD.astype(dt), head_DV=self.score[...].astype(dt))
     if self.cfg.tie_word_embeddings:
-      out = jax.lax.dot_general(h2, self.embed[...].astype(dt), (((1,), (1,)), ((), ())),
-                                preferred_element_type=jnp.float32)
-    else:
-      out = jnp.matmul(h2, self.lm_head[...].astype(dt), preferred_element_type=jnp.float32)
-    return out.reshape(B, T, -1)
+      return _head_logits(hidden_BTD.astype(dt), embed_VD=self.embed[...].astype(dt))
+    return _head_logits(hidden_BTD.astype(dt), head_DV=self.lm_head[...].astype(dt))
 
   def __call__(self, tokens_BT: jax.Array, positions_BT: jax.Array, kv_mask_BS: jax.Array,
-               cache: dict[str, jax.Array] | None = None, cache_index: Any = 0,
-               return_hidden: bool = False, remat: bool | None = None):
+               cache: Any = None, cache_index: Any = 0, return_hidden: bool = False,
+               remat: bool | None = None, layers: tuple[dict[str, jax.Array], ...] | None = None):
     cfg = self.cfg
     dt = cfg.compute_dtype
     T = tokens_BT.shape[1]
-    x = jnp.take(self.embed[...], tokens_BT, axis=0).astype(dt)
+    x_BTD = jnp.take(self.embed[...], tokens_BT, axis=0).astype(dt)
     sin, cos = rope_sin_cos(positions_BT, cfg)
     kv_mask_BS = kv_mask_BS.astype(bool)
     S = kv_mask_BS.shape[1]
@@ -260,38 +310,62 @@ class Decoder(nnx.Module):
         raise ValueError(f"Without a cache kv_mask_BS must have S == T, got S={S}, T={T}.")
       q_slot_T = jnp.arange(T)
     else:
-      if cache["k"].shape[2] != S:
-        raise ValueError(f"kv_mask_BS has {S} slots but the cache has {cache['k'].shape[2]}.")
+      if cache_length(cache) != S:
+        raise ValueError(f"kv_mask_BS has {S} slots but the cache has {cache_length(cache)}.")
       cache_index = jnp.asarray(cache_index, jnp.int32)
       q_slot_T = cache_index + jnp.arange(T)
     mask_BTS = (jnp.arange(S)[None, :] <= q_slot_T[:, None])[None] & kv_mask_BS[:, None, :]
-    lps = {k: v[...] for k, v in nnx.state(self.layers, nnx.Param).items()}
     remat = cfg.remat if remat is None else remat
     remat = False if remat == "none" else remat
 
-    if cache is None:
-      def body(x, lp):
-        x, _ = _layer(cfg, x, lp, sin, cos, mask_BTS)
-        return x, None
-      if remat:
-        body = jax.checkpoint(body, prevent_cse=False, policy=remat_policy(remat))
-      x, _ = jax.lax.scan(body, x, lps)
-      new_cache = None
-    else:
-      def body(carry, inp):
-        x, c = carry
-        lp, layer = inp
-        x, c = _layer(cfg, x, lp, sin, cos, mask_BTS, c, layer, cache_index)
-        return (x, c), None
-      if remat:
-        body = jax.checkpoint(body, prevent_cse=False)
-      layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)
-      (x, new_cache), _ = jax.lax.scan(body, (x, dict(cache)), (lps, layer_ids))
+    def body(x_BTD, lp, c, layer):
+      return _layer(cfg, x_BTD, lp, sin, cos, mask_BTS, c, layer, cache_index)
+    if remat:
+      body = jax.checkpoint(body, prevent_cse=False, policy=remat_policy(remat))
 
-    hidden = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
+    if layers is not None:  # Python loop over per-layer params (and caches)
+      if cache is not None and len(cache) != len(layers):
+        raise ValueError(f"{len(layers)} layers but {len(cache)} layer caches.")
+      new_caches = []
+      for i, lp in enumerate(layers):
+        x_BTD, c = body(x_BTD, lp, None if cache is None else cache[i], None)
+        # As at the scan's loop boundary: XLA may not keep the residual in
+        # excess (float32) precision across layers.
+        x_BTD = jax.lax.optimization_barrier(x_BTD)
+        new_caches.append(c)
+      new_cache = None if cache is None else tuple(new_caches)
+    else:
+      lps = {k: v[...] for k, v in nnx.state(self.layers, nnx.Param).items()}
+      if cache is not None and not isinstance(cache, dict):
+        raise ValueError("The scanned layers take a stacked cache (init_cache); per-layer "
+                         "caches (init_layer_caches) need layers=unstack_layers(...).")
+      layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)
+
+      def step(carry, inp):
+        x_BTD, c = carry
+        lp, layer = inp
+        return body(x_BTD, lp, c, None if c is None else layer), None
+      (x_BTD, new_cache), _ = jax.lax.scan(
+          step, (x_BTD, None if cache is None else dict(cache)), (lps, layer_ids))
+
+    hidden_BTD = rms_norm(x_BTD, self.final_norm[...], cfg.rms_norm_eps)
     if return_hidden:
-      return hidden, new_cache
-    return self.head(hidden), new_cache
+      return hidden_BTD, new_cache
+    return self.head(hidden_BTD), new_cache
+
+
+def _head_logits(h_BTD: jax.Array, *, head_DV: jax.Array | None = None,
+                 embed_VD: jax.Array | None = None) -> jax.Array:
+  """The output head: h @ head_DV, or h @ embed_VD^T (tied), as one 2-D
+  matmul with float32 accumulation -> float32 [B, T, V]."""
+  B, T, D = h_BTD.shape
+  h2 = h_BTD.reshape(B * T, D)
+  if head_DV is not None:
+    out = jnp.matmul(h2, head_DV, preferred_element_type=jnp.float32)
+  else:
+    out = jax.lax.dot_general(h2, embed_VD, (((1,), (1,)), ((), ())),
+                              preferred_element_type=jnp.float32)
+  return out.reshape(B, T, -1)
 
 
 # ------------------------------------------------------------------ functional API
@@ -336,45 +410,108 @@ def config_of(graphdef: nnx.GraphDef, params: nnx.State) -> ModelConfig:
 
 
 def forward(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Array,
-            positions_BT: jax.Array, kv_mask_BS: jax.Array, cache: dict | None = None,
-            cache_index: Any = 0, return_hidden: bool = False, remat: bool | None = None):
-  """Runs the decoder; returns (logits_BTV float32 | hidden_BTE, new_cache | None).
+            positions_BT: jax.Array, kv_mask_BS: jax.Array, cache: Any = None,
+            cache_index: Any = 0, return_hidden: bool = False, remat: bool | None = None,
+            layers: tuple[dict[str, jax.Array], ...] | None = None):
+  """Runs the decoder; returns (logits_BTV float32 | hidden_BTD, new_cache | None).
 
   Without cache: S == T and query t attends key s iff s <= t and kv_mask_BS[b, s].
-  With cache (from init_cache): the T new K/V go to slots [cache_index,
-  cache_index + T) of every row, and query t (slot cache_index + t) attends slot s
-  iff s <= cache_index + t and kv_mask_BS[b, s] (S = cache length).
+  With cache: the T new K/V go to slots [cache_index, cache_index + T) of every
+  row, and query t (slot cache_index + t) attends slot s iff
+  s <= cache_index + t and kv_mask_BS[b, s] (S = cache length).
+  layers None: `jax.lax.scan` over the stacked layer params, with a stacked
+  cache from `init_cache`. layers = `unstack_layers(cfg, params)`: a Python
+  loop over them (compile time grows with depth; a decode step reads each
+  layer's weights and cache in place), with per-layer caches from
+  `init_layer_caches`. Same math either way.
   A reward model (cfg.is_reward_model) returns scores [B, T, num_labels].
   """
   model = nnx.merge(graphdef, params)
   return model(tokens_BT, positions_BT, kv_mask_BS, cache=cache, cache_index=cache_index,
-               return_hidden=return_hidden, remat=remat)
+               return_hidden=return_hidden, remat=remat, layers=layers)
 
 
-def lm_head(graphdef_or_params, params_or_hidden, hidden_BTE: jax.Array | None = None):
-  """Final-norm hidden [B, T, E] -> float32 logits [B, T, V]; respects tied embeddings.
+def lm_head(graphdef_or_params, params_or_hidden, hidden_BTD: jax.Array | None = None, *,
+            head_DV: jax.Array | None = None):
+  """Final-norm hidden [B, T, D] -> float32 logits [B, T, V]; respects tied embeddings.
 
-  Call as lm_head(graphdef, params, hidden) or lm_head(params, hidden) (tying is
-  then read from whether params has 'lm_head'; compute dtype = hidden's dtype).
+  Call as lm_head(graphdef, params, hidden[, head_DV=head_matrix(cfg, params)])
+  or lm_head(params, hidden) (tying is then read from whether params has
+  'lm_head'; compute dtype = hidden's dtype).
   """
-  if hidden_BTE is not None:
-    return nnx.merge(graphdef_or_params, params_or_hidden).head(hidden_BTE)
-  params, h = graphdef_or_params, params_or_hidden
-  if "score" in params:
-    return jnp.einsum("bte,en->btn", h, params["score"][...].astype(h.dtype),
-                      preferred_element_type=jnp.float32)
-  if "lm_head" in params:
-    return jnp.einsum("bte,ev->btv", h, params["lm_head"][...].astype(h.dtype),
-                      preferred_element_type=jnp.float32)
-  return jnp.einsum("bte,ve->btv", h, params["embed"][...].astype(h.dtype),
-                    preferred_element_type=jnp.float32)
+  if hidden_BTD is not None:
+    return nnx.merge(graphdef_or_params, params_or_hidden).head(hidden_BTD, head_DV)
+  params, h_BTD = graphdef_or_params, params_or_hidden
+  if "score" in params or "lm_head" in params:
+    w_DV = params["score" if "score" in params else "lm_head"][...]
+    return _head_logits(h_BTD, head_DV=w_DV.astype(h_BTD.dtype))
+  return _head_logits(h_BTD, embed_VD=params["embed"][...].astype(h_BTD.dtype))
+
+
+def head_matrix(cfg: ModelConfig, params: nnx.State) -> jax.Array:
+  """The output head as one [D, V] (reward model: [D, num_labels]) compute-dtype matrix.
+
+  Passed as `head_DV` by a caller that runs the head once per decoded token,
+  so a tied embedding is transposed once, not at every step.
+  """
+  dt = cfg.compute_dtype
+  if cfg.is_reward_model:
+    return params["score"][...].astype(dt)
+  if cfg.tie_word_embeddings:
+    return params["embed"][...].T.astype(dt)
+  return params["lm_head"][...].astype(dt)
+
+
+def unstack_layers(cfg: ModelConfig, params: nnx.State) -> tuple[dict[str, jax.Array], ...]:
+  """Stacked [L, ...] layer params -> L per-layer dicts in the compute dtype
+  (the `layers` argument of `forward`).
+
+  Not fused (one q/k/v or gate/up matmul): under XLA's excess-precision
+  rewrites a fused matmul rounds its outputs differently from the scanned
+  layers, which would make the sampler's log-probs differ from the trainer's.
+  """
+  dt = cfg.compute_dtype
+  stacked = {k: v[...] for k, v in params["layers"].items()}
+  return tuple({k: v[i].astype(dt) for k, v in stacked.items()} for i in range(cfg.num_layers))
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> dict:
-  """Zero KV cache {'k', 'v'}: [L, B, max_len, K, D] in dtype (default cfg.dtype)."""
+  """Zero stacked KV cache {'k', 'v'}: [L, B, S, J, E] (CACHE_AXES), S = max_len,
+  in dtype (default the compute dtype)."""
   dtype = cfg.compute_dtype if dtype is None else dtype
   shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
   return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+# Slot axis of each buffer of a per-layer cache (see `_write_cache`).
+LAYER_CACHE_SEQ_AXIS = {"k": 3, "v": 2}
+
+
+def init_layer_caches(cfg: ModelConfig, batch: int, max_len: int,
+                      dtype: Any = None) -> tuple[dict[str, jax.Array], ...]:
+  """Zero per-layer KV caches: L x {'k': [B, J, E, S], 'v': [B, J, S, E]}."""
+  dtype = cfg.compute_dtype if dtype is None else dtype
+  J, E = cfg.num_kv_heads, cfg.head_dim
+  return tuple({"k": jnp.zeros((batch, J, E, max_len), dtype),
+                "v": jnp.zeros((batch, J, max_len, E), dtype)} for _ in range(cfg.num_layers))
+
+
+def cache_length(cache: Any) -> int:
+  """Slots S of a stacked (`init_cache`) or per-layer (`init_layer_caches`) cache."""
+  if isinstance(cache, dict):
+    return cache["k"].shape[2]
+  return cache[0]["v"].shape[LAYER_CACHE_SEQ_AXIS["v"]]
+
+
+def grow_cache(cache: Any, extra: int) -> Any:
+  """Appends `extra` empty slots to a stacked or per-layer cache."""
+  def grow(x, axis):
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, extra)
+    return jnp.pad(x, widths)
+  if isinstance(cache, dict):
+    return {n: grow(x, 2) for n, x in cache.items()}
+  return tuple({n: grow(x, LAYER_CACHE_SEQ_AXIS[n]) for n, x in c.items()} for c in cache)
 
 
 def positions_from_mask(mask_BT: jax.Array) -> jax.Array:

@@ -48,18 +48,18 @@ def token_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Arr
   if model.cfg.is_reward_model:
     raise ValueError("token_logprobs needs a causal LM; got a reward model config "
                      f"({model.cfg.architectures[0]}).")
-  hidden_BTE, _ = model(tokens_BT, positions_BT, mask_BT, return_hidden=True, remat=remat)
+  hidden_BTD, _ = model(tokens_BT, positions_BT, mask_BT, return_hidden=True, remat=remat)
   # hidden[t] predicts tokens[t + 1].
   targets_BT = jnp.concatenate([tokens_BT[:, 1:], jnp.zeros_like(tokens_BT[:, :1])], axis=1)
-  C = max(1, min(chunk_size, T))
-  n = -(-T // C)
-  pad = n * C - T
+  X = max(1, min(chunk_size, T))  # tokens per chunk
+  n = -(-T // X)
+  pad = n * X - T
   if pad:
-    hidden_BTE = jnp.pad(hidden_BTE, ((0, 0), (0, pad), (0, 0)))
+    hidden_BTD = jnp.pad(hidden_BTD, ((0, 0), (0, pad), (0, 0)))
     targets_BT = jnp.pad(targets_BT, ((0, 0), (0, pad)))
-  E = hidden_BTE.shape[-1]
-  h_NBCE = hidden_BTE.reshape(B, n, C, E).swapaxes(0, 1)
-  t_NBC = targets_BT.reshape(B, n, C).swapaxes(0, 1)
+  D = hidden_BTD.shape[-1]
+  h_nBXD = hidden_BTD.reshape(B, n, X, D).swapaxes(0, 1)  # n chunks
+  t_nBX = targets_BT.reshape(B, n, X).swapaxes(0, 1)
   head = model.head
 
   def chunk(args):
@@ -68,9 +68,9 @@ def token_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Arr
 
   if checkpoint_chunks:
     chunk = jax.checkpoint(chunk, prevent_cse=False)
-  logp_NBC, ent_NBC = jax.lax.map(chunk, (h_NBCE, t_NBC))
-  logp = logp_NBC.swapaxes(0, 1).reshape(B, n * C)[:, :T - 1]
-  ent = ent_NBC.swapaxes(0, 1).reshape(B, n * C)[:, :T - 1]
+  logp_nBX, ent_nBX = jax.lax.map(chunk, (h_nBXD, t_nBX))
+  logp = logp_nBX.swapaxes(0, 1).reshape(B, n * X)[:, :T - 1]
+  ent = ent_nBX.swapaxes(0, 1).reshape(B, n * X)[:, :T - 1]
   valid_BT = jnp.concatenate(
       [jnp.zeros((B, 1), bool), mask_BT[:, 1:] & mask_BT[:, :-1]], axis=1)
   zeros = jnp.zeros((B, 1), jnp.float32)

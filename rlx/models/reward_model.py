@@ -1,8 +1,8 @@
 """Reward models: *ForSequenceClassification decoders scored at the last real token.
 
-Same backbone as the LM (rlx.models.decoder) with a `score` head [E, num_labels]
+Same backbone as the LM (rlx.models.decoder) with a `score` head [D, num_labels]
 instead of an LM head, loaded from / saved to the HF layout
-(`score.weight` [num_labels, E]) of Llama/Qwen2/Qwen3ForSequenceClassification.
+(`score.weight` [num_labels, D]) of Llama/Qwen2/Qwen3ForSequenceClassification.
 """
 from __future__ import annotations
 
@@ -39,10 +39,10 @@ def score(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Array, mask_
   if not model.cfg.is_reward_model:
     raise ValueError("score() needs a reward-model config (one of "
                      f"{', '.join(SEQ_CLS_ARCHITECTURES)}), got {model.cfg.architectures[0]}.")
-  hidden_BTE, _ = model(tokens_BT, positions_BT, mask_BT, return_hidden=True, remat=remat)
+  hidden_BTD, _ = model(tokens_BT, positions_BT, mask_BT, return_hidden=True, remat=remat)
   idx_B = last_token_index(mask_BT)
-  h_BE = jnp.take_along_axis(hidden_BTE, idx_B[:, None, None], axis=1)  # [B, 1, E]
-  return model.head(h_BE)[:, 0, :]
+  h_B1D = jnp.take_along_axis(hidden_BTD, idx_B[:, None, None], axis=1)
+  return model.head(h_B1D)[:, 0, :]
 
 
 def load_reward_model(path: str | os.PathLike, dtype: Any = None, param_dtype: Any = None,

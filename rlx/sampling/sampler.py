@@ -6,12 +6,15 @@ Prompts are left-padded to a static length P (see `pad_prompts`); completions
 have the static length C = settings.max_new_tokens. One jit covers prefill and
 decode and is compiled once per (model, settings, B, P).
 
-Layout: row n = b * G + g of every [N = B * G, ...] output is the g-th
+Layout: row n = b * R + r of every [N = B * R, ...] output is the r-th
 completion of prompt b; `group_ids[n] = b`. The KV cache holds prompt token p
 at slot p and completion token i at slot P + i (P + C - 1 slots at most; it
 grows between decode segments, see `SamplingSettings.decode_segments`).
 Sampling is exact inverse-CDF sampling from softmax of the filtered logits
 (one uniform per row and step, keys `fold_in(key, i)`).
+The model runs through `rlx.models.forward` and `rlx.models.lm_head`, the code
+the trainer runs (this module holds no layer math), so in bf16 too the
+log-probs equal the model's own KV-cached ones.
 """
 from __future__ import annotations
 
@@ -23,16 +26,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlx import models
-from rlx.sampling import decode
 from rlx.sampling.step import SamplingSettings, sample_step
 
 
 @flax.struct.dataclass
 class Rollout:
-  """Sampled completions (a pytree; N = B * G rows, row b * G + g).
+  """Sampled completions (a pytree; N = B * R rows, row b * R + r).
 
   Attributes:
-    prompt_tokens: [N, P] int32, left-padded prompts (repeated G times).
+    prompt_tokens: [N, P] int32, left-padded prompts (repeated R times).
     prompt_mask: [N, P] bool, True on prompt tokens.
     completion_tokens: [N, C] int32, pad_token_id after the end.
     completion_mask: [N, C] bool, True up to and including the end token.
@@ -81,8 +83,8 @@ def _sample(graphdef: Any, params: Any, prompt_tokens_BP: jax.Array, prompt_mask
             key: jax.Array, settings: SamplingSettings) -> Rollout:
   cfg = models.config_of(graphdef, params)
   b, p = prompt_tokens_BP.shape
-  g, c = settings.group_size, settings.max_new_tokens
-  n = b * g
+  r, c = settings.group_size, settings.max_new_tokens
+  n = b * r
   prompt_tokens_BP = prompt_tokens_BP.astype(jnp.int32)
   prompt_mask_BP = prompt_mask_BP.astype(bool)
   # Decode step i (1 <= i < c) feeds completion token i - 1 at slot p + i - 1.
@@ -94,28 +96,27 @@ def _sample(graphdef: Any, params: Any, prompt_tokens_BP: jax.Array, prompt_mask
   # Slots after the prompt are valid; causality hides those not yet written.
   kv_mask_BS = jnp.concatenate([prompt_mask_BP, jnp.ones((b, c), bool)], axis=1)
   cache_dtype = jnp.dtype(settings.cache_dtype) if settings.cache_dtype else cfg.compute_dtype
-  if settings.unroll_layers:
-    layers = decode.prepare_layers(cfg, params)
-    cache = decode.init_layer_caches(cfg, b, lengths[0], cache_dtype)
-
-    def run(tokens_BT, positions_BT, kv_mask, cache, cache_index):
-      return decode.forward_unrolled(cfg, params, layers, tokens_BT, positions_BT, kv_mask,
-                                     cache, cache_index)
+  if settings.unroll_layers:  # per-layer weights and caches, read in place at each step
+    layers = models.unstack_layers(cfg, params)
+    cache = models.init_layer_caches(cfg, b, lengths[0], cache_dtype)
   else:
+    layers = None
     cache = models.init_cache(cfg, b, lengths[0], cache_dtype)
+  batch_axis = 0 if settings.unroll_layers else 1  # [B, J, ...] or [L, B, S, J, E]
 
-    def run(tokens_BT, positions_BT, kv_mask, cache, cache_index):
-      return models.forward(graphdef, params, tokens_BT, positions_BT, kv_mask, cache=cache,
-                            cache_index=cache_index, return_hidden=True)
-  batch_axis = 0 if settings.unroll_layers else 1  # [B, K, ...] or [L, B, S, K, D]
+  def run(tokens_BT, positions_BT, kv_mask, cache, cache_index):
+    return models.forward(graphdef, params, tokens_BT, positions_BT, kv_mask, cache=cache,
+                          cache_index=cache_index, return_hidden=True, layers=layers)
+
+  head_DV = models.head_matrix(cfg, params)  # laid out once per call, not per token
 
   # Prefill: one pass over the prompts; logits only at the last (real) token.
-  hidden_BPH, cache = run(prompt_tokens_BP, models.positions_from_mask(prompt_mask_BP),
+  hidden_BPD, cache = run(prompt_tokens_BP, models.positions_from_mask(prompt_mask_BP),
                           kv_mask_BS[:, :lengths[0]], cache, 0)
-  logits_BV = models.lm_head(graphdef, params, hidden_BPH[:, -1:])[:, 0]
+  logits_BV = models.lm_head(graphdef, params, hidden_BPD[:, -1:], head_DV=head_DV)[:, 0]
 
-  # Group replication: row b * G + g reads prompt b's cache.
-  rep = lambda x, axis=0: jnp.repeat(x, g, axis=axis) if g > 1 else x
+  # Group replication: row b * R + r reads prompt b's cache.
+  rep = lambda x, axis=0: jnp.repeat(x, r, axis=axis) if r > 1 else x
   cache = jax.tree.map(lambda x: rep(x, axis=batch_axis), cache)
   kv_mask_NS = rep(kv_mask_BS)
   prompt_len_N = rep(jnp.sum(prompt_mask_BP, axis=1, dtype=jnp.int32))
@@ -140,20 +141,10 @@ def _sample(graphdef: Any, params: Any, prompt_tokens_BP: jax.Array, prompt_mask
            jnp.zeros((n,), bool))
   state = emit(0, rep(logits_BV), state)
 
-  # LM head as a plain [E, V] matrix, laid out once per call, not per token.
-  if cfg.tie_word_embeddings:
-    head_EV = params["embed"][...].T.astype(cfg.compute_dtype)
-  else:
-    head_EV = params["lm_head"][...].astype(cfg.compute_dtype)
   i = jnp.int32(1)
   for j, (end, length) in enumerate(zip(ends, lengths)):
     if j:  # grow the cache to this segment's length
-      extra = length - lengths[j - 1]
-      if settings.unroll_layers:
-        cache = decode.grow_layer_caches(cache, extra)
-      else:
-        cache = jax.tree.map(lambda x: jnp.pad(x, [(0, 0), (0, 0), (0, extra), (0, 0), (0, 0)]),
-                             cache)
+      cache = models.grow_cache(cache, length - lengths[j - 1])
     kv_mask = kv_mask_NS[:, :length]
 
     def cond(carry, end=end):
@@ -163,10 +154,9 @@ def _sample(graphdef: Any, params: Any, prompt_tokens_BP: jax.Array, prompt_mask
     def body(carry, kv_mask=kv_mask):
       i, cache, state = carry
       prev_N1 = jax.lax.dynamic_slice_in_dim(state[0], i - 1, 1, axis=1)
-      hidden_N1H, cache = run(prev_N1, (prompt_len_N + i - 1)[:, None], kv_mask, cache,
+      hidden_N1D, cache = run(prev_N1, (prompt_len_N + i - 1)[:, None], kv_mask, cache,
                               p + i - 1)
-      logits_NV = jnp.matmul(hidden_N1H[:, 0].astype(head_EV.dtype), head_EV,
-                             preferred_element_type=jnp.float32)
+      logits_NV = models.lm_head(graphdef, params, hidden_N1D, head_DV=head_DV)[:, 0]
       return i + 1, cache, emit(i, logits_NV, state)
 
     i, cache, state = jax.lax.while_loop(cond, body, (i, cache, state))
@@ -175,7 +165,7 @@ def _sample(graphdef: Any, params: Any, prompt_tokens_BP: jax.Array, prompt_mask
       prompt_tokens=rep(prompt_tokens_BP), prompt_mask=rep(prompt_mask_BP),
       completion_tokens=tokens_NC, completion_mask=mask_NC,
       sample_logprobs=slogp_NC, policy_logprobs=plogp_NC,
-      group_ids=jnp.arange(n, dtype=jnp.int32) // g, truncated=~done_N,
+      group_ids=jnp.arange(n, dtype=jnp.int32) // r, truncated=~done_N,
       completion_lengths=jnp.sum(mask_NC, axis=1, dtype=jnp.int32))
 
 
@@ -195,7 +185,7 @@ def sample(graphdef: Any, params: Any, prompt_tokens_BP: jax.Array, prompt_mask_
     settings: static `SamplingSettings`.
 
   Returns:
-    A `Rollout` with N = B * G rows. Jitted once per (graphdef, settings, B,
+    A `Rollout` with N = B * R rows. Jitted once per (graphdef, settings, B,
     P); decoding stops early once every row has produced a stop token.
   """
   if not isinstance(settings, SamplingSettings):

@@ -21,13 +21,15 @@ class SamplingSettings:
     min_p: drop tokens with prob < min_p * max prob (0.0: off).
     greedy: take the argmax of the raw logits instead of sampling.
     stop_token_ids: a completion ends after the first of these tokens.
-    group_size: G completions per prompt (prompt prefilled once).
+    group_size: R completions per prompt (prompt prefilled once).
     pad_token_id: written after a completion's end.
     cache_dtype: KV-cache dtype name ("float32", "bfloat16"); None: the
       model's compute dtype.
-    unroll_layers: decode with a Python loop over layers and one cache
-      buffer per layer (reads weights and cache in place; faster, longer
-      compile); False: the model's scanned `rlx.models.forward`.
+    unroll_layers: run `rlx.models.forward` with per-layer params and
+      caches (`layers=unstack_layers(...)`, `init_layer_caches`): a decode
+      step reads weights and cache in place (faster on CPU, compile time
+      grows with depth); False: its scan over stacked layers and a stacked
+      cache. Same numerics.
     decode_segments: the decode loop is split into up to this many loops
       (of >= 8 steps each) over growing static cache lengths, so early steps
       skip the cache's unwritten tail: less KV cache read, one more compiled
