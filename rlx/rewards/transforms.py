@@ -21,8 +21,7 @@ import jax.numpy as jnp
 from jax.scipy.stats import norm
 
 from rlx.advantages.inputs import AdvantageInputs
-from rlx.advantages.registry import check_choice, check_options
-from rlx.registry import Registry
+from rlx.registry import Registry, check_choice
 
 Array = jax.Array
 
@@ -306,6 +305,6 @@ def apply_transforms(inputs: AdvantageInputs,
     else:
       name, options = spec
       options = dict(options)
-    fn = check_options(TRANSFORMS, name, options, skip=())
+    fn = TRANSFORMS.check_options(name, options)
     inputs = fn(inputs, **options)
   return inputs
