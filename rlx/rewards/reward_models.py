@@ -42,14 +42,15 @@ import numpy as np
 from rlx.models import reward_model as rm_lib
 from rlx.models import hf_io
 from rlx.rewards.registry import REWARD_FNS
+from rlx.registry import check_choice
 from rlx.rewards.rules import completion_text
+from rlx.rewards.transforms import ENSEMBLE_AGGREGATIONS, ensemble_aggregate
 
 logger = logging.getLogger(__name__)
 
 META_FILE = "rlx_reward_model.json"
 TEMPLATES = ("concat", "chat")  # or a format string with {prompt} and {completion}
 PADDING_SIDES = ("right", "left")
-ENSEMBLE_AGGREGATIONS = ("mean", "median", "min", "mean_minus_std")
 JUDGE_MODES = ("reward", "pair")
 PAIR_TEMPLATE = "{prompt}\nResponse A: {a}\nResponse B: {b}\nWhich response is better?"
 DEFAULT_MAX_LEN = 512
@@ -342,49 +343,24 @@ def make_reward_model_fn(checkpoint_dir: str | os.PathLike, *, batch_size: int =
   return fn
 
 
-def aggregate_ensemble(scores_MN: Any, aggregation: str = "mean", lam: float = 1.0) -> np.ndarray:
-  """Combines M reward models' scores [M, N] -> [N] (METHODS.md section 2).
-
-  mean, median, min over models, or mean_minus_std = mean - lam * std
-  (population std, ddof 0). A NaN score of any model gives NaN.
-  """
-  s = np.asarray(scores_MN, np.float64)
-  if s.ndim != 2:
-    raise ValueError(f"scores_MN must be [M, N], got shape {list(s.shape)}.")
-  if aggregation == "mean":
-    out = s.mean(0)
-  elif aggregation == "median":
-    out = np.median(s, 0)
-  elif aggregation == "min":
-    out = s.min(0)
-  elif aggregation == "mean_minus_std":
-    out = s.mean(0) - lam * s.std(0)
-  else:
-    raise ValueError(f"Unknown ensemble aggregation {aggregation!r}. Valid choices: "
-                     f"{', '.join(ENSEMBLE_AGGREGATIONS)}.")
-  return out.astype(np.float32)
-
-
-@REWARD_FNS.register("reward_model_ensemble")
+@REWARD_FNS.register("reward_model_ensemble", choices={"aggregation": ENSEMBLE_AGGREGATIONS})
 def reward_model_ensemble(prompts: Sequence[Any], completions: Sequence[Any], *,
                           checkpoints: Sequence[str], aggregation: str = "mean",
                           lam: float = 1.0, **kw: Any) -> list[float]:
-  """Aggregated score of several reward models (kw as for `reward_model`)."""
-  if aggregation not in ENSEMBLE_AGGREGATIONS:
-    raise ValueError(f"Unknown ensemble aggregation {aggregation!r}. Valid choices: "
-                     f"{', '.join(ENSEMBLE_AGGREGATIONS)}.")
+  """Aggregated score of several reward models (kw as for `reward_model`), by
+  `rlx.rewards.transforms.ensemble_aggregate` (a model's missing score is ignored)."""
+  check_choice(aggregation, ENSEMBLE_AGGREGATIONS, "aggregation", "reward_model_ensemble")
   if isinstance(checkpoints, (str, os.PathLike)) or not checkpoints:
     raise ValueError("reward_model_ensemble needs `checkpoints`: a list of reward-model dirs.")
   scores = [reward_model(prompts, completions, checkpoint=c, **kw) for c in checkpoints]
-  return [float(x) for x in aggregate_ensemble(scores, aggregation, lam)]
+  scores_NM = np.asarray(scores, np.float32).T
+  return [float(x) for x in np.asarray(ensemble_aggregate(scores_NM, aggregation, lam))]
 
 
 def make_ensemble_fn(checkpoints: Sequence[str | os.PathLike], aggregation: str = "mean",
                      lam: float = 1.0, **kw: Any) -> Callable[..., list]:
   """fn(prompts, completions, **columns) -> aggregated scores of several reward models."""
-  if aggregation not in ENSEMBLE_AGGREGATIONS:
-    raise ValueError(f"Unknown ensemble aggregation {aggregation!r}. Valid choices: "
-                     f"{', '.join(ENSEMBLE_AGGREGATIONS)}.")
+  check_choice(aggregation, ENSEMBLE_AGGREGATIONS, "aggregation", "make_ensemble_fn")
   paths = [os.fspath(c) for c in checkpoints]
 
   def fn(prompts, completions, **columns):
