@@ -58,11 +58,11 @@ def check(cfg) -> None:
   check_names(cfg)
   distributed.maybe_initialize(cfg)
   if cfg.trainer == "rl":
-    check_traced(cfg)
     from rlx.train.placement import Placement
     place = Placement(cfg)
     place.check_batch(cfg.train.batch_prompts, "config.train.batch_prompts")
     place.check_batch(cfg.eval.batch_prompts, "config.eval.batch_prompts")
+    check_traced(cfg)
 
 
 def save_config(cfg, workdir: str) -> str:

@@ -252,7 +252,8 @@ def test_registry_and_option_errors():
   inputs = AdvantageInputs.create(np.zeros((2, 1), np.float32), [0, 0])
   with pytest.raises(KeyError, match="Did you mean 'gdpo'"):
     compute_advantages("gdp", inputs, 1)
-  with pytest.raises(TypeError, match=r"'epsilon'.*'gdpo'.*eps=0.0001"):
+  with pytest.raises(TypeError, match=r"advantage estimator 'gdpo': unknown option "
+                     r"'epsilon'.*eps=0.0001"):
     compute_advantages("gdpo", inputs, 1, epsilon=1e-3)
   with pytest.raises(ValueError, match="missing='nan'.*'leave_out'"):
     compute_advantages("gdpo", inputs, 1, missing="nan")

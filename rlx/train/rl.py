@@ -1,19 +1,21 @@
 """The RL loop: sample -> score -> filter -> advantages -> ref log-probs -> updates.
 
-`train_rl` reads as the algorithm: every step calls the stages below in
-order, each a function from a typed input to a typed output.
+`train_rl` reads as the algorithm; every step calls these stages in order,
+each a function from typed inputs to a typed output:
 
-    groups   = collect_groups(run, state.params, ref_params, key)   # sample, score, top up
-    batch    = build_batch(run, groups)                              # kept groups -> global rows
+    groups   = collect_groups(run, params, ref_params, key)    # sample, score, top up
+    batch    = build_batch(run, groups)                        # kept groups -> global rows
     adv      = compute_advantages(run, batch)
-    logprobs = reference_and_old_logprobs(run, batch, groups, state.params, ref_params)
-    state, updates = run_updates(run, state, update_batch(batch, adv, logprobs), key)
-    metrics  = step_metrics(run, groups, batch, adv, updates)       # then eval, log, checkpoint
+    logprobs = reference_and_old_logprobs(run, batch, groups, params, ref_params)
+    state, updates = run_updates(run, state, update_batch(run, batch, adv, logprobs), key)
+    metrics  = step_metrics(run, groups, batch, adv, updates, t0)
+    log_eval_checkpoint(run, out, step, metrics, state, ref_params, stop)
 
-Reward functions run on the host in threads while the device computes
-reference log-probs. Every jitted function sees global (possibly sharded)
-arrays; each process feeds, decodes and scores only its own rows (see
-rlx/train/placement.py). Letters: G prompt groups, R completions per prompt,
+`RLRun` (from `setup_run`) holds what is fixed for a run. Reward functions run
+on the host in threads while the device computes reference log-probs. Every
+jitted function sees global (possibly sharded) arrays; each process feeds,
+decodes and scores only its own rows (see rlx/train/placement.py). Shape
+letters (docs/shapes.md): G prompt groups, R completions per prompt,
 N = G * R completions, P prompt and C completion tokens, K rewards.
 """
 from __future__ import annotations
