@@ -122,6 +122,7 @@ class RLRun:
   eval_settings: sampling.SamplingSettings
   num_groups: int             # G prompts per step
   group_size: int             # R completions per prompt
+  group_ids_N: jax.Array      # [N] prompt group of each completion row
   mine: slice                 # this process's prompts of the global batch
   detached_old: bool          # old log-probs = stop_gradient(current): not computed
   sync_ref: bool              # the reference follows the policy (checkpointed with it)
@@ -166,10 +167,9 @@ def _initial_state(cfg, place: Placement, policy: common.Policy, tx) -> tuple[st
 
 
 def _stage_fns(cfg, policy: common.Policy, tx, state: steps.TrainState, scorer: Scorer,
-               detached_old: bool) -> StageFns:
-  num_groups, group_size = cfg.train.batch_prompts, cfg.sampling.group_size
+               detached_old: bool, group_ids_N: jax.Array) -> StageFns:
+  num_groups = cfg.train.batch_prompts
   prompt_len, chunk = cfg.data.max_prompt_len, cfg.model.logprob_chunk
-  group_ids_N = jnp.repeat(jnp.arange(num_groups, dtype=jnp.int32), group_size)
   weights_K = jnp.asarray(scorer.weights)
 
   def inputs(rewards_NK, valid_N, lengths_N=None):
@@ -219,14 +219,17 @@ def setup_run(cfg, workdir: str, init_checkpoint: str | None
                                  seed=cfg.seed, shuffle=cfg.data.shuffle,
                                  process_index=0, process_count=1)
   detached_old = cfg.loss.old_logprobs == "auto" and updates_per_step == 1
+  group_ids_N = jnp.repeat(jnp.arange(cfg.train.batch_prompts, dtype=jnp.int32),
+                           cfg.sampling.group_size)
   base_key = jax.random.PRNGKey(cfg.seed)
   run = RLRun(
       cfg=cfg, place=place, policy=policy, scorer=scorer, prompts=prompts,
       eval_rows=common.load_rows(cfg, "eval", cfg.data.num_eval),
-      fns=_stage_fns(cfg, policy, tx, state, scorer, detached_old),
+      fns=_stage_fns(cfg, policy, tx, state, scorer, detached_old, group_ids_N),
       sample_settings=_settings(cfg, eval_mode=False, tokenizer=policy.tokenizer),
       eval_settings=_settings(cfg, eval_mode=True, tokenizer=policy.tokenizer),
       num_groups=cfg.train.batch_prompts, group_size=cfg.sampling.group_size,
+      group_ids_N=group_ids_N,
       mine=place.local_rows(cfg.train.batch_prompts), detached_old=detached_old,
       sync_ref=ref_params is not None and cfg.ref.sync_every > 0,
       correct_index=(list(scorer.names).index(cfg.loss.correct_reward)
@@ -463,7 +466,7 @@ def update_batch(run: RLRun, batch: StepBatch, adv: Advantages, logprobs: StepLo
       loss_mask=(rollout.completion_mask & batch.valid_N[:, None]).astype(jnp.float32),
       adv=adv.values, old_logp=logprobs.old_NC, sample_logp=rollout.sample_logprobs,
       ref_logp=logprobs.reference_NC, correct=batch.correct_N,
-      group=jnp.repeat(jnp.arange(run.num_groups, dtype=jnp.int32), run.group_size),
+      group=run.group_ids_N,
       lengths=rollout.completion_lengths.astype(jnp.int32))
 
 
