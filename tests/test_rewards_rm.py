@@ -257,7 +257,7 @@ def test_judge_pair_mode_three_labels(ckpts):
 
 
 def test_judge_errors(ckpts):
-  with pytest.raises(ValueError, match="Unknown judge mode 'vote'. Valid choices: reward, pair"):
+  with pytest.raises(ValueError, match="option mode='vote' is not one of 'reward', 'pair'"):
     rms.make_judge(ckpts["a"], mode="vote")
   with pytest.raises(ValueError, match="tie_margin must be in"):
     rms.make_judge(ckpts["a"], tie_margin=0.7)

@@ -121,8 +121,7 @@ def default_buckets(max_len: int) -> tuple[int, ...]:
 def pad_rows(seqs: Sequence[Sequence[int]], length: int, pad_id: int, *, side: str = "right",
              num_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
   """[num_rows, length] int32 tokens and bool mask; extra rows are all padding."""
-  if side not in PADDING_SIDES:
-    raise ValueError(f"padding side {side!r}; valid choices: {', '.join(PADDING_SIDES)}.")
+  check_choice(side, PADDING_SIDES, "side", "pad_rows")
   n = len(seqs) if num_rows is None else num_rows
   tokens = np.full((n, length), pad_id, np.int32)
   mask = np.zeros((n, length), bool)
@@ -425,8 +424,7 @@ class PairwiseJudge:
                pair_template: str = PAIR_TEMPLATE, both_orders: bool = True,
                batch_size: int = 8, max_len: int | None = None, template: str | None = None,
                dtype: Any = None):
-    if mode not in JUDGE_MODES:
-      raise ValueError(f"Unknown judge mode {mode!r}. Valid choices: {', '.join(JUDGE_MODES)}.")
+    check_choice(mode, JUDGE_MODES, "mode", "PairwiseJudge")
     if not 0.0 <= tie_margin <= 0.5:
       raise ValueError(f"tie_margin must be in [0, 0.5], got {tie_margin}.")
     if mode == "pair" and not all(k in pair_template for k in ("{prompt}", "{a}", "{b}")):

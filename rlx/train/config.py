@@ -130,7 +130,7 @@ def validate(cfg: mlc.ConfigDict) -> None:
   rm = cfg.mesh.reward_models
   if rm not in ("policy", "local", "replicated") and not (
       rm.startswith("last:") and rm[5:].isdigit() and int(rm[5:]) > 0):
-    raise ValueError(f"config.mesh.reward_models={rm!r}; valid: policy, local, last:N, replicated.")
+    check_choice(rm, ("policy", "local", "last:N", "replicated"), "mesh.reward_models", "config")
   check_choice(cfg.model.remat, ("none", "full", "dots"), "model.remat", "config")
   check_choice(cfg.ref.source, ("initial", "checkpoint", "none"), "ref.source", "config")
   if cfg.ref.source == "checkpoint" and not cfg.ref.checkpoint:
