@@ -89,7 +89,7 @@ def test_toolcall_rewards_hand_cases():
   conv = [[{"role": "assistant", "content": '<call>{"name":"timer","args":{"mins":"7"}}</call>'}]]
   assert REWARD_FNS.get("toolcall/correct")([""], conv, answer=[ans2]) == [pytest.approx(2 / 3)]
   assert REWARD_FNS.get("toolcall/correct")([""], ["x"], answer=[None]) == [None]
-  with pytest.raises(KeyError, match="column 'answer'"):
+  with pytest.raises(KeyError, match=r"needs one of the dataset columns \['answer'\]"):
     REWARD_FNS.get("toolcall/correct")([""], ["x"], solution=["y"])
 
 
