@@ -25,7 +25,7 @@ padded to the smallest length bucket that fits (one compile per bucket);
 rows longer than max_len keep their last max_len tokens (a warning is logged).
 
 Pairwise judge (Pref-GRPO): `PairwiseJudge.judge_group(prompt, completions)`
-returns O [G, G] with O[i, j] = 1 (i beats j), 0.5 (tie), 0 (loss) and NaN on
+returns O [R, R] with O[i, j] = 1 (i beats j), 0.5 (tie), 0 (loss) and NaN on
 the diagonal; `judge_batch` lays groups out as `AdvantageInputs.pairwise_NM`.
 """
 from __future__ import annotations
@@ -375,38 +375,38 @@ def make_ensemble_fn(checkpoints: Sequence[str | os.PathLike], aggregation: str 
 # ---------------------------------------------------------------------------
 
 def bt_probabilities(r_G: Any, temperature: float = 1.0) -> np.ndarray:
-  """P[i, j] = sigmoid((r_i - r_j) / temperature) (Bradley-Terry), [G, G]."""
+  """P[i, j] = sigmoid((r_i - r_j) / temperature) (Bradley-Terry), [R, R]."""
   r = np.asarray(r_G, np.float64)
   return (1.0 / (1.0 + np.exp(-(r[:, None] - r[None, :]) / temperature))).astype(np.float32)
 
 
-def outcome_matrix(p_GG: Any, tie_margin: float = 0.0) -> np.ndarray:
-  """O [G, G] from P(i beats j): 1 if p - 0.5 > 0, 0 if < 0, 0.5 if |p - 0.5| < tie_margin.
+def outcome_matrix(p_RR: Any, tie_margin: float = 0.0) -> np.ndarray:
+  """O [R, R] from P(i beats j): 1 if p - 0.5 > 0, 0 if < 0, 0.5 if |p - 0.5| < tie_margin.
 
   p exactly 0.5 is a tie. Only the upper triangle of p is read; the lower one
   is 1 - its transpose, so O[i, j] + O[j, i] = 1 exactly. Diagonal: NaN
   (no comparison).
   """
-  p = np.asarray(p_GG, np.float64)
-  G = p.shape[-1]
-  if p.shape != (G, G):
-    raise ValueError(f"p_GG must be square [G, G], got shape {list(p.shape)}.")
+  p = np.asarray(p_RR, np.float64)
+  r = p.shape[-1]
+  if p.shape != (r, r):
+    raise ValueError(f"p_RR must be square [R, R], got shape {list(p.shape)}.")
   d = p - 0.5
   o = np.where((np.abs(d) < tie_margin) | (d == 0), 0.5, np.where(d > 0, 1.0, 0.0))
-  o = np.where(np.triu(np.ones((G, G), bool), 1), o, 1.0 - o.T)
-  o[np.diag_indices(G)] = np.nan
+  o = np.where(np.triu(np.ones((r, r), bool), 1), o, 1.0 - o.T)
+  o[np.diag_indices(r)] = np.nan
   return o.astype(np.float32)
 
 
-def win_rates(o_GG: np.ndarray) -> np.ndarray:
+def win_rates(o_RR: np.ndarray) -> np.ndarray:
   """Pref-GRPO win rate of each member: mean over its comparisons (NaN skipped)."""
-  o = np.asarray(o_GG, np.float64)
+  o = np.asarray(o_RR, np.float64)
   has = ~np.isnan(o)
   return (np.where(has, o, 0).sum(-1) / np.maximum(has.sum(-1), 1)).astype(np.float32)
 
 
 class PairwiseJudge:
-  """Outcome matrices O [G, G] for Pref-GRPO from a reward or preference model.
+  """Outcome matrices O [R, R] for Pref-GRPO from a reward or preference model.
 
   mode 'reward': a scalar reward model scores every completion;
     P(i beats j) = sigmoid((r_i - r_j) / temperature).
@@ -446,7 +446,7 @@ class PairwiseJudge:
     return p[:, 1] if s.shape[-1] == 2 else p[:, 2] + 0.5 * p[:, 1]
 
   def _group_probs(self, groups: list[tuple[Any, list[Any]]]) -> list[np.ndarray]:
-    """P [G, G] of each (prompt, completions) group, all scored in one batched call."""
+    """P [R, R] of each (prompt, completions) group, all scored in one batched call."""
     if self.mode == "reward":
       prompts = [p for p, cs in groups for _ in cs]
       comps = [c for _, cs in groups for c in cs]
@@ -486,11 +486,11 @@ class PairwiseJudge:
     return [o.astype(np.float32) for o in out]
 
   def probabilities(self, prompt: Any, completions: Sequence[Any]) -> np.ndarray:
-    """P [G, G]: probability that completion i beats completion j."""
+    """P [R, R]: probability that completion i beats completion j."""
     return self._group_probs([(prompt, list(completions))])[0]
 
   def judge_group(self, prompt: Any, completions: Sequence[Any]) -> np.ndarray:
-    """O [G, G] in {1, 0.5, 0}, NaN diagonal (see `outcome_matrix`)."""
+    """O [R, R] in {1, 0.5, 0}, NaN diagonal (see `outcome_matrix`)."""
     return outcome_matrix(self.probabilities(prompt, completions), self.tie_margin)
 
   def judge_batch(self, prompts: Sequence[Any], completions: Sequence[Any], *,
@@ -526,5 +526,5 @@ def make_judge(checkpoint: str | os.PathLike | RewardModel, **kw: Any) -> Pairwi
 
 
 def judge_group(judge: PairwiseJudge, prompt: Any, completions: Sequence[Any]) -> np.ndarray:
-  """O [G, G] of one group (functional form of `PairwiseJudge.judge_group`)."""
+  """O [R, R] of one group (functional form of `PairwiseJudge.judge_group`)."""
   return judge.judge_group(prompt, completions)
