@@ -79,7 +79,7 @@ def main() -> None:
       task_ids_N=(group_ids % 4).astype(np.int32),
       agent_ids_N=(np.arange(n) % 2).astype(np.int32),
       pairwise_NM=pairwise,
-      phase_mask_NPT=phase_mask,
+      phase_mask_NZT=phase_mask,
       turn_scores_NU=rng.random((n, num_turns)).astype(np.float32),
       turn_ids_NT=np.repeat(np.arange(num_turns), args.tokens // num_turns)[None].repeat(n, 0))
   stats = fit_reference_stats(rewards[: 4096])

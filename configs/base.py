@@ -113,7 +113,6 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.train.progress = True
 
   c.eval = mlc.ConfigDict()
-  c.eval.num_prompts = 64
   c.eval.batch_prompts = 64
   c.eval.temperature = 0.0  # 0: greedy
   c.eval.max_new_tokens = -1  # -1: sampling.max_new_tokens

@@ -20,7 +20,31 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:arg].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (resumes if it has checkpoints).")
+_LIBRARY_LOGS = flags.DEFINE_bool(
+    "library_logs", False, "Show the INFO logs of libraries (orbax, absl, jax, ...); by "
+    "default only their warnings and errors reach the console.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _QuietLibraries(logging.Filter):
+  """Passes rlx's records (root logger, rlx.*) and libraries' warnings and errors."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    ours = record.name in ("root", "__main__") or record.name.startswith("rlx")
+    return ours or record.levelno >= logging.WARNING
+
+
+def setup_logging(library_logs: bool = False) -> None:
+  """INFO for rlx; libraries' INFO lines (orbax writes dozens per checkpoint)
+  only with `library_logs`."""
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  root = logging.getLogger()
+  root.setLevel(logging.INFO)
+  for handler in root.handlers:
+    for f in [f for f in handler.filters if isinstance(f, _QuietLibraries)]:
+      handler.removeFilter(f)
+    if not library_logs:
+      handler.addFilter(_QuietLibraries())
 
 
 def check(cfg) -> None:
@@ -28,7 +52,7 @@ def check(cfg) -> None:
   mesh against the devices and the batches against the mesh. Also starts the
   multi-host runtime when the environment asks for it."""
   from rlx.parallel import distributed
-  from rlx.train.config import check_names, validate
+  from rlx.train.config import check_names, check_traced, validate
 
   validate(cfg)
   check_names(cfg)
@@ -38,6 +62,7 @@ def check(cfg) -> None:
     place = Placement(cfg)
     place.check_batch(cfg.train.batch_prompts, "config.train.batch_prompts")
     place.check_batch(cfg.eval.batch_prompts, "config.eval.batch_prompts")
+    check_traced(cfg)
 
 
 def save_config(cfg, workdir: str) -> str:
@@ -107,7 +132,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def main(argv):
   del argv
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  setup_logging(_LIBRARY_LOGS.value)
   cfg = _CONFIG.value
   try:  # configuration errors: a message, no traceback, before any compute
     check(cfg)

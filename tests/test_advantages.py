@@ -16,7 +16,7 @@ SQ2 = math.sqrt(2.0)
 
 def adv(name, rewards, groups, num_groups, **kw):
   inputs_kw = {k: kw.pop(k) for k in list(kw) if k in (
-      "valid_N", "weights_K", "lengths_N", "task_ids_N", "agent_ids_N", "phase_mask_NPT",
+      "valid_N", "weights_K", "lengths_N", "task_ids_N", "agent_ids_N", "phase_mask_NZT",
       "turn_scores_NU", "turn_ids_NT", "pairwise_NM", "reward_names")}
   kw.setdefault("diagnostics", False)
   inputs = AdvantageInputs.create(np.asarray(rewards, np.float32), groups, **inputs_kw)
@@ -185,7 +185,7 @@ def test_f_grpo_phase_tokens():
   mask = np.zeros((2, 2, 4), bool)
   mask[:, 0, :2] = True
   mask[:, 1, 2:] = True
-  a, _ = adv("f_grpo", r, [0, 0], 1, phase_mask_NPT=mask, eps=0.0)
+  a, _ = adv("f_grpo", r, [0, 0], 1, phase_mask_NZT=mask, eps=0.0)
   z = 1 / SQ2
   np.testing.assert_allclose(a, [[z, z, -z, -z], [-z, -z, z, z]], rtol=1e-6)
 
@@ -252,7 +252,8 @@ def test_registry_and_option_errors():
   inputs = AdvantageInputs.create(np.zeros((2, 1), np.float32), [0, 0])
   with pytest.raises(KeyError, match="Did you mean 'gdpo'"):
     compute_advantages("gdp", inputs, 1)
-  with pytest.raises(TypeError, match=r"'epsilon'.*'gdpo'.*eps=0.0001"):
+  with pytest.raises(TypeError, match=r"advantage estimator 'gdpo': unknown option "
+                     r"'epsilon'.*eps=0.0001"):
     compute_advantages("gdpo", inputs, 1, epsilon=1e-3)
   with pytest.raises(ValueError, match="missing='nan'.*'leave_out'"):
     compute_advantages("gdpo", inputs, 1, missing="nan")
@@ -277,15 +278,14 @@ def test_diagnostics_section7():
   r = np.array([[0, 1], [1, 3], [1, 5], [0, 5]], np.float32)
   a, m = adv("mrn", r, [0, 0, 1, 1], 2, eps=0.0, reward_names=("acc", "fmt"),
              diagnostics=True)
-  np.testing.assert_allclose(float(m["rewards/acc/mean"]), .5)
-  np.testing.assert_allclose(float(m["rewards/fmt/std"]), np.std([1, 3, 5, 5], ddof=1), rtol=1e-6)
-  np.testing.assert_allclose(float(m["rewards/acc/constant_group_frac"]), 0.)
-  np.testing.assert_allclose(float(m["rewards/fmt/constant_group_frac"]), .5)
+  assert "reward/acc/mean" not in m  # batch moments: the trainer's, on the host
+  np.testing.assert_allclose(float(m["reward/acc/constant_group_frac"]), 0.)
+  np.testing.assert_allclose(float(m["reward/fmt/constant_group_frac"]), .5)
   corr = np.corrcoef(r.T)[0, 1]
   np.testing.assert_allclose(float(m["reward_corr/acc/fmt"]), corr, rtol=1e-5)
   # A = (-1.414, 1.414, .707, -.707): acc contributes .707 * 4, fmt .707 * 2.
-  np.testing.assert_allclose(float(m["rewards/acc/abs_adv_share"]), 2 / 3, rtol=1e-5)
-  np.testing.assert_allclose(float(m["rewards/fmt/abs_adv_share"]), 1 / 3, rtol=1e-5)
+  np.testing.assert_allclose(float(m["reward/acc/abs_adv_share"]), 2 / 3, rtol=1e-5)
+  np.testing.assert_allclose(float(m["reward/fmt/abs_adv_share"]), 1 / 3, rtol=1e-5)
   assert float(m["adv/distinct_per_group"]) == 2.0
   assert int(m["adv/distinct_group_vectors"]) == 2
   # Resolution on the GDPO example: GRPO 1 distinct vector for groups (0,1)/(0,2); GDPO 2.

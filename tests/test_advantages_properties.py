@@ -110,7 +110,7 @@ def make_inputs(b, perm=None):
     b = {key: v[perm] for key, v in b.items()}
   return AdvantageInputs.create(
       b["rewards"], b["groups"], valid_N=b["valid"], pairwise_NM=b["pairwise"],
-      phase_mask_NPT=b["phase"], turn_scores_NU=b["turns"], lengths_N=b["lengths"],
+      phase_mask_NZT=b["phase"], turn_scores_NU=b["turns"], lengths_N=b["lengths"],
       task_ids_N=b["tasks"], agent_ids_N=b["agents"],
       turn_ids_NT=np.tile(np.array([0, 1, 2, -1], np.int32), (N, 1)))
 

@@ -52,7 +52,8 @@ def test_filter_registry_and_options():
   assert filter_options("lightningrl") == {"accuracy": 0, "speed": 1, "correct_threshold": 0.5,
                                            "min_speed_range": 0.01}
   inputs = AdvantageInputs.create(np.zeros((2, 1), np.float32), [0, 0])
-  with pytest.raises(TypeError, match=r"'threshold'.*'dapo'.*tol=0.0"):
+  with pytest.raises(TypeError, match=r"sample filter 'dapo': unknown option 'threshold'"
+                     r".*tol=0.0"):
     apply_filter("dapo", inputs, 1, threshold=1)
   with pytest.raises(KeyError, match="Valid choices"):
     apply_filter("dynamic", inputs, 1)

@@ -126,19 +126,21 @@ def test_templates_and_truncation(ckpts):
     rms.reward_model(["p"], ["c"], checkpoint="")
 
 
-def test_aggregate_ensemble_hand_computed():
-  s = np.array([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0], [2.0, 5.0, -1.0]])
-  np.testing.assert_allclose(rms.aggregate_ensemble(s, "mean"), [2.0, 3.0, 1.0])
-  np.testing.assert_allclose(rms.aggregate_ensemble(s, "median"), [2.0, 2.0, 1.0])
-  np.testing.assert_allclose(rms.aggregate_ensemble(s, "min"), [1.0, 2.0, -1.0])
+def test_ensemble_aggregate_hand_computed():
+  from rlx.rewards.transforms import ensemble_aggregate
+  s_MN = np.array([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0], [2.0, 5.0, -1.0]], np.float32)
+  agg = lambda s, *a, **k: np.asarray(ensemble_aggregate(np.asarray(s, np.float32).T, *a, **k))
+  np.testing.assert_allclose(agg(s_MN, "mean"), [2.0, 3.0, 1.0])
+  np.testing.assert_allclose(agg(s_MN, "median"), [2.0, 2.0, 1.0])
+  np.testing.assert_allclose(agg(s_MN, "min"), [1.0, 2.0, -1.0])
   # population std: sqrt(2/3), sqrt(2), sqrt(8/3)
   want = [2.0 - 0.5 * math.sqrt(2 / 3), 3.0 - 0.5 * math.sqrt(2.0), 1.0 - 0.5 * math.sqrt(8 / 3)]
-  np.testing.assert_allclose(rms.aggregate_ensemble(s, "mean_minus_std", lam=0.5), want,
-                             rtol=1e-6)
-  assert np.isnan(rms.aggregate_ensemble([[1.0, np.nan], [2.0, 3.0]], "min")[1])
-  with pytest.raises(ValueError, match="Unknown ensemble aggregation 'max'. Valid choices: "
-                     "mean, median, min, mean_minus_std"):
-    rms.aggregate_ensemble(s, "max")
+  np.testing.assert_allclose(agg(s_MN, "mean_minus_std", lam=0.5), want, rtol=1e-6)
+  # A missing score is ignored; a completion no model scored stays missing.
+  np.testing.assert_allclose(agg([[1.0, np.nan], [2.0, 3.0]], "min"), [1.0, 3.0])
+  assert np.isnan(agg([[np.nan], [np.nan]], "mean")[0])
+  with pytest.raises(ValueError, match="option method='max' is not one of 'mean'"):
+    agg(s_MN, "max")
 
 
 def test_ensemble_fn_of_two_models(ckpts):
@@ -257,7 +259,7 @@ def test_judge_pair_mode_three_labels(ckpts):
 
 
 def test_judge_errors(ckpts):
-  with pytest.raises(ValueError, match="Unknown judge mode 'vote'. Valid choices: reward, pair"):
+  with pytest.raises(ValueError, match="option mode='vote' is not one of 'reward', 'pair'"):
     rms.make_judge(ckpts["a"], mode="vote")
   with pytest.raises(ValueError, match="tie_margin must be in"):
     rms.make_judge(ckpts["a"], tie_margin=0.7)

@@ -122,7 +122,8 @@ def test_transform_errors():
   inputs = AdvantageInputs.create(np.zeros((2, 1), np.float32), [0, 0], reward_names=("a",))
   with pytest.raises(KeyError, match="Valid choices"):
     tr.apply_transforms(inputs, [{"name": "clip"}])
-  with pytest.raises(TypeError, match=r"'thresh'.*'conditioned'.*threshold=1.0"):
+  with pytest.raises(TypeError, match=r"reward transform 'conditioned': unknown option "
+                     r"'thresh'.*threshold=1.0"):
     tr.apply_transforms(inputs, [{"name": "conditioned", "target": "a", "condition": "a",
                                   "thresh": 1}])
   with pytest.raises(KeyError, match="Unknown reward 'b'"):

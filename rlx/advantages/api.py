@@ -10,7 +10,7 @@ import numpy as np
 from rlx.advantages import diagnostics as diag_lib
 from rlx.advantages import segments as seg
 from rlx.advantages.inputs import AdvantageInputs
-from rlx.advantages.registry import ESTIMATORS, FILTERS, check_options, option_defaults
+from rlx.advantages.registry import ESTIMATORS, FILTERS
 
 Array = jax.Array
 
@@ -25,12 +25,12 @@ def _check_num_groups(num_groups: Any) -> int:
 
 def estimator_options(name: str) -> dict[str, Any]:
   """Option names of a registered estimator -> defaults."""
-  return option_defaults(ESTIMATORS.get(name))
+  return ESTIMATORS.options(name)
 
 
 def filter_options(name: str) -> dict[str, Any]:
   """Option names of a registered sample filter -> defaults."""
-  return option_defaults(FILTERS.get(name))
+  return FILTERS.options(name)
 
 
 def compute_advantages(name: str, inputs: AdvantageInputs, num_groups: int, *,
@@ -61,7 +61,7 @@ def compute_advantages(name: str, inputs: AdvantageInputs, num_groups: int, *,
   num_groups = _check_num_groups(num_groups)
   if not group_by_agent and num_agents is not None:
     options["num_agents"] = num_agents  # e.g. the "agent_grouping" estimator's option.
-  fn = check_options(ESTIMATORS, name, options)
+  fn = ESTIMATORS.check_options(name, options)
   if group_by_agent:
     if num_agents is None:
       raise ValueError("group_by_agent=True needs num_agents (static int).")
@@ -87,5 +87,5 @@ def apply_filter(name: str, inputs: AdvantageInputs, num_groups: int,
                  **options: Any) -> tuple[Array, Array]:
   """Runs the sample filter `name`: returns (keep_N bool, number of kept groups)."""
   num_groups = _check_num_groups(num_groups)
-  fn = check_options(FILTERS, name, options)
+  fn = FILTERS.check_options(name, options)
   return fn(inputs, num_groups=num_groups, **options)

@@ -1,13 +1,15 @@
-"""Section-7 diagnostics: reward statistics, correlations, advantage resolution.
+"""Section-7 diagnostics: constant-group shares, correlations, advantage resolution.
 
 All functions are jittable and return flat dicts of scalars keyed for logging:
 
-  rewards/{name}/mean, rewards/{name}/std, rewards/{name}/constant_group_frac,
-  rewards/{name}/abs_adv_share, reward_corr/{a}/{b},
+  reward/{name}/constant_group_frac, reward/{name}/abs_adv_share, reward_corr/{a}/{b},
   adv/mean, adv/std, adv/abs_mean, adv/min, adv/max, adv/zero_frac,
   adv/distinct_per_group, adv/distinct_group_vectors,
-  adv/distinct_group_vector_frac, adv/resolution_groups,
-  length/mean, length/min, length/max.
+  adv/distinct_group_vector_frac, adv/resolution_groups.
+
+The per-reward keys share the trainer's `reward/{name}/...` family (its batch
+mean and std, ddof 0, and missing/raised counts are computed on the host by
+rlx/train/rl.py, over all rows).
 """
 from __future__ import annotations
 
@@ -20,26 +22,6 @@ from rlx.advantages import segments as seg
 from rlx.advantages.inputs import AdvantageInputs
 
 Array = jax.Array
-
-
-def reward_moments(inputs: AdvantageInputs) -> dict[str, Array]:
-  """Per-reward mean and std (ddof 1) over valid rows where the reward is present."""
-  r = inputs.rewards_NK
-  obs = inputs.valid_N[:, None] & ~jnp.isnan(r)
-  n_K = obs.sum(0).astype(r.dtype)
-  mean_K = jnp.where(obs, r, 0).sum(0) / jnp.maximum(n_K, 1)
-  var_K = jnp.where(obs, (r - mean_K) ** 2, 0).sum(0) / jnp.maximum(n_K - 1, 1)
-  out = {}
-  for k, name in enumerate(inputs.reward_names):
-    out[f"rewards/{name}/mean"] = mean_K[k]
-    out[f"rewards/{name}/std"] = jnp.sqrt(var_K[k])
-  if inputs.lengths_N is not None:
-    ln = inputs.lengths_N.astype(r.dtype)
-    v = inputs.valid_N
-    out["length/mean"] = jnp.where(v, ln, 0).sum() / jnp.maximum(v.sum(), 1)
-    out["length/min"] = jnp.where(v.any(), jnp.where(v, ln, jnp.inf).min(), 0)
-    out["length/max"] = jnp.where(v.any(), jnp.where(v, ln, -jnp.inf).max(), 0)
-  return out
 
 
 def reward_correlation_matrix(rewards_NK: Array, mask_NK: Array) -> Array:
@@ -74,7 +56,7 @@ def group_reward_stats(rewards_NK: Array, mask_NK: Array, group_ids_N: Array,
   present = jax.ops.segment_sum(mask_NK.astype(jnp.int32), group_ids_N, num_groups) > 0
   const_K = ((hi <= lo) & present).sum(0) / jnp.maximum(present.sum(0), 1)
   corr = reward_correlation_matrix(rewards_NK, mask_NK)
-  out = {f"rewards/{name}/constant_group_frac": const_K[k] for k, name in enumerate(reward_names)}
+  out = {f"reward/{name}/constant_group_frac": const_K[k] for k, name in enumerate(reward_names)}
   for a in range(len(reward_names)):
     for b in range(a + 1, len(reward_names)):
       out[f"reward_corr/{reward_names[a]}/{reward_names[b]}"] = corr[a, b]
@@ -96,24 +78,6 @@ def sample_groups(group_ids_N: Array, valid_N: Array, num_groups: int,
   full = jax.ops.segment_sum(valid_N.astype(jnp.int32), group_ids_N, num_groups)
   got = jax.ops.segment_sum(v.astype(jnp.int32), gid, num_groups)
   return rows, v & (got == full)[gid], num_groups
-
-
-def reward_diagnostics(inputs: AdvantageInputs, num_groups: int,
-                       max_rows: int | None = None) -> dict[str, Array]:
-  """Per-reward mean/std (full batch), constant-group share and correlations
-  (over the groups of `sample_groups(max_rows)`; exact when N <= max_rows)."""
-  out = reward_moments(inputs)
-  idx, mask, cut = sample_groups(inputs.group_ids_N, inputs.valid_N, num_groups, max_rows)
-  r = inputs.rewards_NK[idx]
-  obs = mask[:, None] & ~jnp.isnan(r)
-  out.update(group_reward_stats(r, obs, inputs.group_ids_N[idx], cut, inputs.reward_names))
-  return out
-
-
-def reward_correlation(inputs: AdvantageInputs) -> Array:
-  """[K, K] pairwise-complete correlation between the rewards of the batch."""
-  obs = inputs.valid_N[:, None] & ~jnp.isnan(inputs.rewards_NK)
-  return reward_correlation_matrix(inputs.rewards_NK, obs)
 
 
 def _fmix32(h: Array) -> Array:
@@ -155,24 +119,6 @@ def _resolution(adv_M: Array, gid_M: Array, mask_M: Array, tol: float) -> tuple[
   return distinct_per_group, distinct_vecs, n_groups
 
 
-def advantage_resolution(adv_N: Array, group_ids_N: Array, valid_N: Array, num_groups: int,
-                         *, max_rows: int | None = None, tol: float = 1e-5
-                         ) -> dict[str, Array]:
-  """Advantage resolution (GDPO paper): distinct advantage values per group
-  (mean over groups) and the number of distinct sorted group advantage vectors.
-
-  Values closer than `tol` count as equal. When N > max_rows only the groups
-  of `sample_groups` are used (the sort stays small); adv/resolution_groups
-  says how many groups were counted (rows ordered by group, as a trainer
-  lays them out, keep almost all groups of the slice).
-  """
-  idx, mask, _ = sample_groups(group_ids_N, valid_N, num_groups, max_rows)
-  d, v, g = _resolution(adv_N[idx], group_ids_N[idx], mask, tol)
-  return {"adv/distinct_per_group": d, "adv/distinct_group_vectors": v,
-          "adv/distinct_group_vector_frac": v / jnp.maximum(g, 1),
-          "adv/resolution_groups": g}
-
-
 def advantage_stats(adv: Array, valid_N: Array, tol: float = 1e-6) -> dict[str, Array]:
   """Mean, std, |A| mean, min, max and share of (near-)zero advantages over
   valid rows (all 0 when there is none)."""
@@ -194,7 +140,7 @@ def abs_advantage_shares(contrib_NK: Array, valid_N: Array, reward_names: tuple[
   abs_K = jnp.where(valid_N[:, None], jnp.abs(contrib_NK), 0).sum(0)
   total = abs_K.sum()
   share = jnp.where(total > 0, abs_K / jnp.where(total > 0, total, 1), 0)
-  return {f"rewards/{name}/abs_adv_share": share[k] for k, name in enumerate(reward_names)}
+  return {f"reward/{name}/abs_adv_share": share[k] for k, name in enumerate(reward_names)}
 
 
 def all_diagnostics(inputs: AdvantageInputs, num_groups: int, adv: Array,
@@ -216,11 +162,10 @@ def all_diagnostics(inputs: AdvantageInputs, num_groups: int, adv: Array,
   sub = inputs.replace(
       rewards_NK=inputs.rewards_NK[idx], group_ids_N=inputs.group_ids_N[idx], valid_N=mask,
       lengths_N=None if inputs.lengths_N is None else inputs.lengths_N[idx],
-      task_ids_N=None, agent_ids_N=None, phase_mask_NPT=None, turn_scores_NU=None,
+      task_ids_N=None, agent_ids_N=None, phase_mask_NZT=None, turn_scores_NU=None,
       turn_ids_NT=None, pairwise_NM=None, extras={})
-  out = reward_moments(sub)
   obs = mask[:, None] & ~jnp.isnan(sub.rewards_NK)
-  out.update(group_reward_stats(sub.rewards_NK, obs, sub.group_ids_N, cut, inputs.reward_names))
+  out = group_reward_stats(sub.rewards_NK, obs, sub.group_ids_N, cut, inputs.reward_names)
   if adv.ndim == 1:
     out.update(advantage_stats(adv, inputs.valid_N))
   else:  # token- or turn-level: statistics over the sampled rows

@@ -28,8 +28,8 @@ class AdvantageInputs:
     lengths_N: optional int/float [N] response lengths in tokens.
     task_ids_N: optional int [N] task of each completion (TMN).
     agent_ids_N: optional int [N] agent of each completion (Dr. MAS grouping).
-    phase_mask_NPT: optional bool [N, P, T]: token t of completion i belongs to
-      phase p (F-GRPO).
+    phase_mask_NZT: optional bool [N, Z, T]: token t of completion i belongs to
+      phase z (F-GRPO).
     turn_scores_NU: optional float [N, U] per-turn judge scores; NaN = no turn
       (MAPO).
     turn_ids_NT: optional int [N, T]: turn index of each token, -1 for tokens
@@ -48,7 +48,7 @@ class AdvantageInputs:
   lengths_N: Array | None = None
   task_ids_N: Array | None = None
   agent_ids_N: Array | None = None
-  phase_mask_NPT: Array | None = None
+  phase_mask_NZT: Array | None = None
   turn_scores_NU: Array | None = None
   turn_ids_NT: Array | None = None
   pairwise_NM: Array | None = None

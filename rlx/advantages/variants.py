@@ -229,7 +229,7 @@ def f_grpo(inputs: AdvantageInputs, *, num_groups: int, eps: float = 1e-6, ddof:
   phase_columns[p] names the reward of phase p (default: reward p, needs
   K == P). A[i, t] = sum_p w_p z_p[i] phase_mask[i, p, t]; returns [N, T].
   """
-  mask_NPT = inputs.require("phase_mask_NPT", "f_grpo")
+  mask_NPT = inputs.require("phase_mask_NZT", "f_grpo")
   num_phases = mask_NPT.shape[1]
   if phase_columns is None:
     if inputs.num_rewards != num_phases:

@@ -13,27 +13,20 @@ so fully masked padding rows change nothing (this matches verl's
 """
 from __future__ import annotations
 
-from typing import Iterable
-
 import jax
 import jax.numpy as jnp
+
+from rlx.registry import check_choice
 
 Array = jax.Array
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "constant")
 
 
-def check_choice(what: str, value: object, choices: Iterable[str]) -> None:
-  """Raises ValueError naming `what` and the valid choices if value is not one of them."""
-  choices = tuple(choices)
-  if value not in choices:
-    raise ValueError(f"Unknown {what} {value!r}. Valid choices: {', '.join(choices)}.")
-
-
 def token_weights(mask_NT: Array, mode: str, max_len: int | None = None,
                   dtype: jnp.dtype = jnp.float32) -> Array:
   """Weight of every token under aggregation `mode` (0 on masked tokens)."""
-  check_choice("aggregation", mode, AGGREGATIONS)
+  check_choice(mode, AGGREGATIONS, "mode", "token_weights")
   m = (mask_NT > 0).astype(dtype)
   len_N = m.sum(-1)
   n_seq = jnp.maximum((len_N > 0).sum().astype(dtype), 1.0)

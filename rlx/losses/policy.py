@@ -1,16 +1,18 @@
 """Policy-loss terms (docs/methods.md section 4): pg, kl, entropy, nll_correct, drpo.
 
 Every term takes a `LossInputs` and static options, returns (scalar, metrics).
+String options are declared with their valid values at registration
+(`loss_term(..., choices=...)`) and checked there, at start-up.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from rlx.losses.aggregation import (AGGREGATIONS, aggregate, check_choice, masked_max,
-                                    masked_mean, masked_min)
+from rlx.losses.aggregation import AGGREGATIONS, aggregate, masked_max, masked_mean, masked_min
 from rlx.losses.inputs import LossInputs, broadcast_advantages, masked
 from rlx.losses.terms import loss_term
+from rlx.registry import check_choice
 
 Array = jax.Array
 sg = jax.lax.stop_gradient
@@ -35,7 +37,7 @@ def kl_estimate(logp: Array, ref_logp: Array, estimator: str = "k3") -> Array:
   (unbiased, >= 0, low variance); k3_st: the value of k3 with the gradient of
   k2 (straight-through).
   """
-  check_choice("KL estimator", estimator, KL_ESTIMATORS)
+  check_choice(estimator, KL_ESTIMATORS, "estimator", "kl_estimate")
   d = ref_logp - logp
   if estimator == "k1":
     return -d
@@ -64,8 +66,8 @@ def truncated_is_weights(old_logp_NT: Array, sample_logp_NT: Array, mask_NT: Arr
         aggregation denominators (verl's mask mode; lower None = 1 / cap).
   Returns (w_NT, new mask_NT, metrics). w is stop-gradient.
   """
-  check_choice("importance-sampling level", level, IS_LEVELS)
-  check_choice("importance-sampling mode", mode, IS_MODES)
+  check_choice(level, IS_LEVELS, "level", "truncated_is_weights")
+  check_choice(mode, IS_MODES, "mode", "truncated_is_weights")
   valid = mask_NT > 0
   log_rho = masked(sg(old_logp_NT) - sg(sample_logp_NT), mask_NT)
   if level == "sequence":
@@ -105,7 +107,7 @@ def importance_ratio(logp_NT: Array, old_logp_NT: Array, mask_NT: Array,
   value, gradient s_i * grad logp[i,t]; with `seq_mean_token_mean` aggregation
   and a per-sequence advantage this is exactly GSPO.
   """
-  check_choice("ratio level", level, RATIO_LEVELS)
+  check_choice(level, RATIO_LEVELS, "level", "importance_ratio")
   logp = masked(logp_NT, mask_NT)
   log_ratio = logp - masked(old_logp_NT, mask_NT)
   if level == "token":
@@ -118,7 +120,7 @@ def importance_ratio(logp_NT: Array, old_logp_NT: Array, mask_NT: Array,
 
 @loss_term("pg", default_coef=1.0, choices={
     "ratio_level": RATIO_LEVELS, "aggregation": AGGREGATIONS,
-    "is_mode": IS_MODES, "is_level": IS_LEVELS})
+    "is_mode": (None,) + IS_MODES, "is_level": IS_LEVELS})
 def policy_gradient(inputs: LossInputs, *, clip_low: float = 0.2, clip_high: float = 0.2,
                     ratio_level: str = "token", dual_clip: bool = False,
                     dual_clip_c: float = 3.0, aggregation: str = "token_mean",
@@ -137,12 +139,6 @@ def policy_gradient(inputs: LossInputs, *, clip_low: float = 0.2, clip_high: flo
   (rho > 1 + clip_high, A > 0), dual_clip_frac, approx_kl (k3 estimate of
   KL(sampling policy || current)), ratio_mean / min / max, is_* when enabled.
   """
-  for name, value, valid in (("ratio level", ratio_level, RATIO_LEVELS),
-                             ("aggregation", aggregation, AGGREGATIONS),
-                             ("importance-sampling level", is_level, IS_LEVELS)):
-    check_choice(f"pg {name}", value, valid)
-  if is_mode is not None:
-    check_choice("pg is_mode", is_mode, IS_MODES)
   adv = inputs.require("advantages", "pg")
   mask = inputs.mask_NT
   logp = inputs.logp_NT
@@ -193,8 +189,6 @@ def kl_to_reference(inputs: LossInputs, *, estimator: str = "k3",
   clamp: optional bound on each token's estimate (verl clamps k3 to [-10, 10]).
   Metrics: k1 and k3 token means (for monitoring, whatever the estimator).
   """
-  check_choice("kl estimator", estimator, KL_ESTIMATORS)
-  check_choice("kl aggregation", aggregation, AGGREGATIONS)
   mask = inputs.mask_NT
   logp = masked(inputs.logp_NT, mask)
   ref = masked(inputs.require("ref_logp_NT", "kl"), mask)
@@ -211,7 +205,6 @@ def kl_to_reference(inputs: LossInputs, *, estimator: str = "k3",
 def entropy_bonus(inputs: LossInputs, *, aggregation: str = "token_mean"
                   ) -> tuple[Array, dict[str, Array]]:
   """-aggregate(entropy): with coef > 0 minimizing the total raises entropy."""
-  check_choice("entropy aggregation", aggregation, AGGREGATIONS)
   mask = inputs.mask_NT
   ent = masked(inputs.require("entropy_NT", "entropy"), mask)
   return -aggregate(ent, mask, aggregation, inputs.l_max), {"mean": masked_mean(sg(ent), mask)}
@@ -224,7 +217,6 @@ def nll_correct(inputs: LossInputs, *, aggregation: str = "token_mean"
 
   LightningRL uses coef 0.1. Zero when no completion is correct.
   """
-  check_choice("nll_correct aggregation", aggregation, AGGREGATIONS)
   correct = inputs.require("correct_N", "nll_correct")
   mask = jnp.where((correct > 0)[:, None], inputs.mask_NT, jnp.zeros_like(inputs.mask_NT))
   nll = -masked(inputs.logp_NT, mask)
@@ -261,7 +253,6 @@ def drpo(inputs: LossInputs, *, lam: float = 0.1, tau: float = 10.0, beta: float
   verl code, with beta 1e3 as its DisCO/DRPO recipe). lam 0.1, tau 10,
   delta 1e-4. Needs correct_N and group_N.
   """
-  check_choice("drpo kl_estimator", kl_estimator, KL_ESTIMATORS)
   mask = inputs.mask_NT
   m = (mask > 0).astype(inputs.logp_NT.dtype)
   logp = masked(inputs.logp_NT, mask)

@@ -13,6 +13,9 @@ terms by name:
              'nll_correct': {'coef': 0.1}}
     loss, metrics = total_loss(terms, inputs)      # sum_k coef_k * term_k
 
+Options are checked against the term's keyword arguments, and string options
+against the valid values given at registration (`choices`), once by
+`check_terms` (the trainer calls it at start-up; `total_loss` does not check).
 Each entry may give `coef` (the term's default if omitted: 1.0 for objectives
 such as `pg` and `drpo`; regularizers `kl`, `entropy`, `nll_correct` require
 it) and `term` (the registry name, when the key is only a label, e.g. two KL
@@ -30,26 +33,22 @@ A user adds a term in their own file:
 """
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 
-from rlx.losses.aggregation import check_choice
 from rlx.losses.inputs import LossInputs
 from rlx.registry import Registry
 
 Array = jax.Array
 TermFn = Callable[..., tuple[Array, dict[str, Array]]]
 
-LOSS_TERMS = Registry("loss term")
-
-_RESERVED = ("coef", "term")
+LOSS_TERMS = Registry("loss term", reserved=("coef", "term"))
 
 
 def loss_term(name: str, *, default_coef: float | None = 1.0,
-              choices: Mapping[str, tuple[str, ...]] | None = None) -> Callable[[TermFn], TermFn]:
+              choices: Mapping[str, tuple[Any, ...]] | None = None) -> Callable[[TermFn], TermFn]:
   """Registers a term; `default_coef=None` makes `coef` mandatory in configs.
 
   `choices` maps string options to their valid values, checked by
@@ -58,19 +57,14 @@ def loss_term(name: str, *, default_coef: float | None = 1.0,
 
   def deco(fn: TermFn) -> TermFn:
     fn.default_coef = default_coef
-    fn.option_choices = dict(choices or {})
-    return LOSS_TERMS.register(name)(fn)
+    return LOSS_TERMS.register(name, choices=choices)(fn)
 
   return deco
 
 
-def term_options(fn: TermFn) -> dict[str, Any] | None:
-  """{option: default} of a term (its keyword arguments); None if it takes **kwargs."""
-  params = list(inspect.signature(fn).parameters.values())[1:]
-  if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-    return None
-  return {p.name: p.default for p in params
-          if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+def term_options(name: str) -> dict[str, Any] | None:
+  """{option: default} of the registered term `name`; None if it takes **kwargs."""
+  return LOSS_TERMS.options(name)
 
 
 def _as_dict(x: Any) -> dict[str, Any]:
@@ -82,49 +76,39 @@ def _as_dict(x: Any) -> dict[str, Any]:
 
 
 def resolve_term(key: str, spec: Mapping[str, Any] | None) -> tuple[TermFn, float, dict[str, Any]]:
-  """(function, coefficient, options) of one config entry, with clear errors."""
+  """(function, coefficient, options) of one config entry (not checked: see check_terms)."""
   spec = _as_dict(spec)
-  name = spec.pop("term", key)
-  if name not in LOSS_TERMS:
-    raise KeyError(LOSS_TERMS.unknown_message(name) + f" (config key {key!r})")
-  fn = LOSS_TERMS.get(name)
-  default_coef = getattr(fn, "default_coef", 1.0)
-  if "coef" in spec:
-    coef = spec.pop("coef")
-  elif default_coef is None:
-    raise ValueError(f"Loss term {key!r} ({name}) needs a 'coef'; it has no default.")
-  else:
-    coef = default_coef
-  options = term_options(fn)
-  if options is not None:
-    unknown = sorted(set(spec) - set(options))
-    if unknown:
-      valid = ", ".join(list(_RESERVED) + sorted(options))
-      raise ValueError(f"Loss term {key!r} ({name}) has no option(s) {', '.join(unknown)}. "
-                       f"Valid options: {valid}.")
-  for opt, valid_values in getattr(fn, "option_choices", {}).items():
-    if opt in spec:
-      check_choice(f"value for option {opt!r} of loss term {key!r}", spec[opt], valid_values)
+  fn = LOSS_TERMS.get(spec.pop("term", key))
+  coef = spec.pop("coef", getattr(fn, "default_coef", 1.0))
   return fn, coef, spec
 
 
 def check_terms(terms: Mapping[str, Mapping[str, Any]]) -> None:
-  """Validates a terms config (names, options, coefs) without any data."""
+  """Validates a terms config (names, options, choices, coefs) without any data."""
   if not _as_dict(terms):
     raise ValueError("The loss config lists no terms. Valid terms: "
                      f"{', '.join(LOSS_TERMS.names())}.")
   for key, spec in _as_dict(terms).items():
-    resolve_term(key, spec)
+    spec = _as_dict(spec)
+    name = spec.get("term", key)
+    if name not in LOSS_TERMS:
+      raise KeyError(LOSS_TERMS.unknown_message(name) + f" (config key {key!r})")
+    fn = LOSS_TERMS.get(name)
+    label = key if name == key else f"{key}' ('{name}"
+    if "coef" not in spec and getattr(fn, "default_coef", 1.0) is None:
+      raise ValueError(f"{LOSS_TERMS.kind} '{label}': missing required option 'coef' "
+                       "(it has no default).")
+    LOSS_TERMS.check_options(label, {k: v for k, v in spec.items() if k != "term"}, fn=fn)
 
 
 def total_loss(terms: Mapping[str, Mapping[str, Any]],
                inputs: LossInputs) -> tuple[Array, dict[str, Array]]:
-  """sum_k coef_k * term_k(inputs, **options_k), and all metrics prefixed by key."""
-  terms = _as_dict(terms)
-  check_terms(terms)
+  """sum_k coef_k * term_k(inputs, **options_k), and all metrics prefixed by key.
+
+  `terms` is checked by `check_terms` first (the trainer does at start-up)."""
   total = jnp.zeros((), inputs.logp_NT.dtype)
   metrics: dict[str, Array] = {}
-  for key, spec in terms.items():
+  for key, spec in _as_dict(terms).items():
     fn, coef, options = resolve_term(key, spec)
     loss, term_metrics = fn(inputs, **options)
     total = total + coef * loss

@@ -17,7 +17,6 @@ Rule semantics, for each dimension of an array in order:
 """
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any, Callable, Iterable, Sequence
 
@@ -25,6 +24,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from rlx.models import CACHE_AXES  # logical axes of a KV cache leaf
 from rlx.parallel.mesh import check_batch_divisible
 
 MeshAxes = str | tuple[str, ...] | None
@@ -33,31 +33,18 @@ Rules = Sequence[tuple[str, MeshAxes]]
 DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
     # Batch and activations.
     ("batch", ("data", "fsdp")),
-    ("length", None),
     ("cache_seq", None),
-    ("kv_length", None),
-    ("act_embed", None),
-    ("act_mlp", "tensor"),
-    ("act_heads", "tensor"),
-    ("act_kv_heads", "tensor"),
-    ("act_vocab", "tensor"),
     # Parameters: FSDP over the model width, tensor parallelism over the
     # vocabulary, MLP hidden units and attention heads.
     ("vocab", "tensor"),
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
-    ("q_heads", "tensor"),
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("layers", None),
-    ("norm", None),
     ("labels", None),
 )
-
-# Logical axes of a KV cache leaf [layers, batch, slots, kv_heads, head_dim]
-# (the same names as rlx.models.CACHE_AXES).
-CACHE_AXES = ("layers", "batch", "cache_seq", "kv_heads", "head_dim")
 
 
 def _norm_mesh_axes(m: Any) -> tuple[str, ...]:
@@ -393,8 +380,3 @@ def spec_summary(shardings: Any) -> dict[str, str]:
   flat = jax.tree_util.tree_flatten_with_path(shardings)[0]
   return {"/".join(_key_str(k) for k in path if _key_str(k) != "value"): str(s.spec)
           for path, s in flat}
-
-
-def mesh_size(mesh: Any, axes: MeshAxes) -> int:
-  """Product of the sizes of `axes` in `mesh` (1 for None)."""
-  return math.prod(dict(mesh.shape).get(a, 1) for a in _norm_mesh_axes(axes))

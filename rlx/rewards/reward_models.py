@@ -25,7 +25,7 @@ padded to the smallest length bucket that fits (one compile per bucket);
 rows longer than max_len keep their last max_len tokens (a warning is logged).
 
 Pairwise judge (Pref-GRPO): `PairwiseJudge.judge_group(prompt, completions)`
-returns O [G, G] with O[i, j] = 1 (i beats j), 0.5 (tie), 0 (loss) and NaN on
+returns O [R, R] with O[i, j] = 1 (i beats j), 0.5 (tie), 0 (loss) and NaN on
 the diagonal; `judge_batch` lays groups out as `AdvantageInputs.pairwise_NM`.
 """
 from __future__ import annotations
@@ -42,14 +42,15 @@ import numpy as np
 from rlx.models import reward_model as rm_lib
 from rlx.models import hf_io
 from rlx.rewards.registry import REWARD_FNS
+from rlx.registry import check_choice
 from rlx.rewards.rules import completion_text
+from rlx.rewards.transforms import ENSEMBLE_AGGREGATIONS, ensemble_aggregate
 
 logger = logging.getLogger(__name__)
 
 META_FILE = "rlx_reward_model.json"
 TEMPLATES = ("concat", "chat")  # or a format string with {prompt} and {completion}
 PADDING_SIDES = ("right", "left")
-ENSEMBLE_AGGREGATIONS = ("mean", "median", "min", "mean_minus_std")
 JUDGE_MODES = ("reward", "pair")
 PAIR_TEMPLATE = "{prompt}\nResponse A: {a}\nResponse B: {b}\nWhich response is better?"
 DEFAULT_MAX_LEN = 512
@@ -120,8 +121,7 @@ def default_buckets(max_len: int) -> tuple[int, ...]:
 def pad_rows(seqs: Sequence[Sequence[int]], length: int, pad_id: int, *, side: str = "right",
              num_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
   """[num_rows, length] int32 tokens and bool mask; extra rows are all padding."""
-  if side not in PADDING_SIDES:
-    raise ValueError(f"padding side {side!r}; valid choices: {', '.join(PADDING_SIDES)}.")
+  check_choice(side, PADDING_SIDES, "side", "pad_rows")
   n = len(seqs) if num_rows is None else num_rows
   tokens = np.full((n, length), pad_id, np.int32)
   mask = np.zeros((n, length), bool)
@@ -352,49 +352,24 @@ def make_reward_model_fn(checkpoint_dir: str | os.PathLike, *, batch_size: int =
   return fn
 
 
-def aggregate_ensemble(scores_MN: Any, aggregation: str = "mean", lam: float = 1.0) -> np.ndarray:
-  """Combines M reward models' scores [M, N] -> [N] (docs/methods.md section 2).
-
-  mean, median, min over models, or mean_minus_std = mean - lam * std
-  (population std, ddof 0). A NaN score of any model gives NaN.
-  """
-  s = np.asarray(scores_MN, np.float64)
-  if s.ndim != 2:
-    raise ValueError(f"scores_MN must be [M, N], got shape {list(s.shape)}.")
-  if aggregation == "mean":
-    out = s.mean(0)
-  elif aggregation == "median":
-    out = np.median(s, 0)
-  elif aggregation == "min":
-    out = s.min(0)
-  elif aggregation == "mean_minus_std":
-    out = s.mean(0) - lam * s.std(0)
-  else:
-    raise ValueError(f"Unknown ensemble aggregation {aggregation!r}. Valid choices: "
-                     f"{', '.join(ENSEMBLE_AGGREGATIONS)}.")
-  return out.astype(np.float32)
-
-
-@REWARD_FNS.register("reward_model_ensemble")
+@REWARD_FNS.register("reward_model_ensemble", choices={"aggregation": ENSEMBLE_AGGREGATIONS})
 def reward_model_ensemble(prompts: Sequence[Any], completions: Sequence[Any], *,
                           checkpoints: Sequence[str], aggregation: str = "mean",
                           lam: float = 1.0, **kw: Any) -> list[float]:
-  """Aggregated score of several reward models (kw as for `reward_model`)."""
-  if aggregation not in ENSEMBLE_AGGREGATIONS:
-    raise ValueError(f"Unknown ensemble aggregation {aggregation!r}. Valid choices: "
-                     f"{', '.join(ENSEMBLE_AGGREGATIONS)}.")
+  """Aggregated score of several reward models (kw as for `reward_model`), by
+  `rlx.rewards.transforms.ensemble_aggregate` (a model's missing score is ignored)."""
+  check_choice(aggregation, ENSEMBLE_AGGREGATIONS, "aggregation", "reward_model_ensemble")
   if isinstance(checkpoints, (str, os.PathLike)) or not checkpoints:
     raise ValueError("reward_model_ensemble needs `checkpoints`: a list of reward-model dirs.")
   scores = [reward_model(prompts, completions, checkpoint=c, **kw) for c in checkpoints]
-  return [float(x) for x in aggregate_ensemble(scores, aggregation, lam)]
+  scores_NM = np.asarray(scores, np.float32).T
+  return [float(x) for x in np.asarray(ensemble_aggregate(scores_NM, aggregation, lam))]
 
 
 def make_ensemble_fn(checkpoints: Sequence[str | os.PathLike], aggregation: str = "mean",
                      lam: float = 1.0, **kw: Any) -> Callable[..., list]:
   """fn(prompts, completions, **columns) -> aggregated scores of several reward models."""
-  if aggregation not in ENSEMBLE_AGGREGATIONS:
-    raise ValueError(f"Unknown ensemble aggregation {aggregation!r}. Valid choices: "
-                     f"{', '.join(ENSEMBLE_AGGREGATIONS)}.")
+  check_choice(aggregation, ENSEMBLE_AGGREGATIONS, "aggregation", "make_ensemble_fn")
   paths = [os.fspath(c) for c in checkpoints]
 
   def fn(prompts, completions, **columns):
@@ -410,38 +385,38 @@ def make_ensemble_fn(checkpoints: Sequence[str | os.PathLike], aggregation: str 
 # ---------------------------------------------------------------------------
 
 def bt_probabilities(r_G: Any, temperature: float = 1.0) -> np.ndarray:
-  """P[i, j] = sigmoid((r_i - r_j) / temperature) (Bradley-Terry), [G, G]."""
+  """P[i, j] = sigmoid((r_i - r_j) / temperature) (Bradley-Terry), [R, R]."""
   r = np.asarray(r_G, np.float64)
   return (1.0 / (1.0 + np.exp(-(r[:, None] - r[None, :]) / temperature))).astype(np.float32)
 
 
-def outcome_matrix(p_GG: Any, tie_margin: float = 0.0) -> np.ndarray:
-  """O [G, G] from P(i beats j): 1 if p - 0.5 > 0, 0 if < 0, 0.5 if |p - 0.5| < tie_margin.
+def outcome_matrix(p_RR: Any, tie_margin: float = 0.0) -> np.ndarray:
+  """O [R, R] from P(i beats j): 1 if p - 0.5 > 0, 0 if < 0, 0.5 if |p - 0.5| < tie_margin.
 
   p exactly 0.5 is a tie. Only the upper triangle of p is read; the lower one
   is 1 - its transpose, so O[i, j] + O[j, i] = 1 exactly. Diagonal: NaN
   (no comparison).
   """
-  p = np.asarray(p_GG, np.float64)
-  G = p.shape[-1]
-  if p.shape != (G, G):
-    raise ValueError(f"p_GG must be square [G, G], got shape {list(p.shape)}.")
+  p = np.asarray(p_RR, np.float64)
+  r = p.shape[-1]
+  if p.shape != (r, r):
+    raise ValueError(f"p_RR must be square [R, R], got shape {list(p.shape)}.")
   d = p - 0.5
   o = np.where((np.abs(d) < tie_margin) | (d == 0), 0.5, np.where(d > 0, 1.0, 0.0))
-  o = np.where(np.triu(np.ones((G, G), bool), 1), o, 1.0 - o.T)
-  o[np.diag_indices(G)] = np.nan
+  o = np.where(np.triu(np.ones((r, r), bool), 1), o, 1.0 - o.T)
+  o[np.diag_indices(r)] = np.nan
   return o.astype(np.float32)
 
 
-def win_rates(o_GG: np.ndarray) -> np.ndarray:
+def win_rates(o_RR: np.ndarray) -> np.ndarray:
   """Pref-GRPO win rate of each member: mean over its comparisons (NaN skipped)."""
-  o = np.asarray(o_GG, np.float64)
+  o = np.asarray(o_RR, np.float64)
   has = ~np.isnan(o)
   return (np.where(has, o, 0).sum(-1) / np.maximum(has.sum(-1), 1)).astype(np.float32)
 
 
 class PairwiseJudge:
-  """Outcome matrices O [G, G] for Pref-GRPO from a reward or preference model.
+  """Outcome matrices O [R, R] for Pref-GRPO from a reward or preference model.
 
   mode 'reward': a scalar reward model scores every completion;
     P(i beats j) = sigmoid((r_i - r_j) / temperature).
@@ -459,8 +434,7 @@ class PairwiseJudge:
                pair_template: str = PAIR_TEMPLATE, both_orders: bool = True,
                batch_size: int = 8, max_len: int | None = None, template: str | None = None,
                dtype: Any = None):
-    if mode not in JUDGE_MODES:
-      raise ValueError(f"Unknown judge mode {mode!r}. Valid choices: {', '.join(JUDGE_MODES)}.")
+    check_choice(mode, JUDGE_MODES, "mode", "PairwiseJudge")
     if not 0.0 <= tie_margin <= 0.5:
       raise ValueError(f"tie_margin must be in [0, 0.5], got {tie_margin}.")
     if mode == "pair" and not all(k in pair_template for k in ("{prompt}", "{a}", "{b}")):
@@ -482,7 +456,7 @@ class PairwiseJudge:
     return p[:, 1] if s.shape[-1] == 2 else p[:, 2] + 0.5 * p[:, 1]
 
   def _group_probs(self, groups: list[tuple[Any, list[Any]]]) -> list[np.ndarray]:
-    """P [G, G] of each (prompt, completions) group, all scored in one batched call."""
+    """P [R, R] of each (prompt, completions) group, all scored in one batched call."""
     if self.mode == "reward":
       prompts = [p for p, cs in groups for _ in cs]
       comps = [c for _, cs in groups for c in cs]
@@ -522,11 +496,11 @@ class PairwiseJudge:
     return [o.astype(np.float32) for o in out]
 
   def probabilities(self, prompt: Any, completions: Sequence[Any]) -> np.ndarray:
-    """P [G, G]: probability that completion i beats completion j."""
+    """P [R, R]: probability that completion i beats completion j."""
     return self._group_probs([(prompt, list(completions))])[0]
 
   def judge_group(self, prompt: Any, completions: Sequence[Any]) -> np.ndarray:
-    """O [G, G] in {1, 0.5, 0}, NaN diagonal (see `outcome_matrix`)."""
+    """O [R, R] in {1, 0.5, 0}, NaN diagonal (see `outcome_matrix`)."""
     return outcome_matrix(self.probabilities(prompt, completions), self.tie_margin)
 
   def judge_batch(self, prompts: Sequence[Any], completions: Sequence[Any], *,
@@ -562,5 +536,5 @@ def make_judge(checkpoint: str | os.PathLike | RewardModel, **kw: Any) -> Pairwi
 
 
 def judge_group(judge: PairwiseJudge, prompt: Any, completions: Sequence[Any]) -> np.ndarray:
-  """O [G, G] of one group (functional form of `PairwiseJudge.judge_group`)."""
+  """O [R, R] of one group (functional form of `PairwiseJudge.judge_group`)."""
   return judge.judge_group(prompt, completions)

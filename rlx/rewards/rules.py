@@ -20,7 +20,11 @@ RewardFn = Callable[..., list]
 
 
 def completion_text(completion: Any) -> str:
-  """Text of one completion: a string, or the assistant contents of a message list."""
+  """Text of one completion, the one rule for every reward: a string as is; a
+  message dict its content; a chat completion (a list of messages, as TRL
+  passes conversational completions) the contents of its assistant messages
+  (a message without a role counts as one) joined in order, so tool and user
+  turns inside a completion are never scored; None gives ''."""
   if completion is None:
     return ""
   if isinstance(completion, str):
@@ -48,7 +52,9 @@ def named_partial(fn: Callable[..., Any], name: str, **kwargs: Any) -> Callable[
 
 def get_column(columns: dict[str, Any], names: str | Sequence[str], n: int,
                fn_name: str) -> list[Any]:
-  """The first present column among `names`, checked to have length n."""
+  """The dataset column of a reward call: the first present (not None) one
+  among `names`, checked to hold one value per completion (KeyError naming the
+  available columns if none is present)."""
   names = [names] if isinstance(names, str) else list(names)
   for name in names:
     if name in columns and columns[name] is not None:

@@ -21,8 +21,7 @@ import jax.numpy as jnp
 from jax.scipy.stats import norm
 
 from rlx.advantages.inputs import AdvantageInputs
-from rlx.advantages.registry import check_choice, check_options
-from rlx.registry import Registry
+from rlx.registry import Registry, check_choice
 
 Array = jax.Array
 
@@ -99,11 +98,15 @@ def calibration_transform(c: Array, mode: str = "identity", t: float = 1.0) -> A
   return c
 
 
+ENSEMBLE_AGGREGATIONS = ("mean", "median", "min", "mean_minus_std")
+
+
 def ensemble_aggregate(scores_NM: Array, method: str = "mean", lam: float = 1.0) -> Array:
-  """Aggregates M reward-model scores per completion, ignoring NaN: mean,
-  median, min or mean - lam * std (population std over the ensemble)."""
-  check_choice(method, ("mean", "median", "min", "mean_minus_std"), "method",
-               "ensemble_aggregate")
+  """Aggregates M reward-model scores per completion [N, M] -> [N]: mean,
+  median, min or mean - lam * std (population std over the ensemble). The one
+  ensemble rule of rlx: a missing score (NaN) is ignored, so a completion gets
+  the aggregate of the models that scored it (NaN if none did)."""
+  check_choice(method, ENSEMBLE_AGGREGATIONS, "method", "ensemble_aggregate")
   s = jnp.asarray(scores_NM)
   if method == "median":
     return jnp.nanmedian(s, axis=-1)
@@ -176,8 +179,8 @@ def _extra(inputs: AdvantageInputs, key: str, who: str) -> Array:
   return jnp.asarray(inputs.extras[key])
 
 
-def _set_columns(inputs: AdvantageInputs, cols: list[int], values_NC: Array) -> AdvantageInputs:
-  r = inputs.rewards_NK.at[:, jnp.asarray(cols)].set(values_NC.astype(inputs.rewards_NK.dtype))
+def _set_columns(inputs: AdvantageInputs, cols: list[int], values_NK: Array) -> AdvantageInputs:
+  r = inputs.rewards_NK.at[:, jnp.asarray(cols)].set(values_NK.astype(inputs.rewards_NK.dtype))
   return inputs.replace(rewards_NK=r)
 
 
@@ -306,6 +309,6 @@ def apply_transforms(inputs: AdvantageInputs,
     else:
       name, options = spec
       options = dict(options)
-    fn = check_options(TRANSFORMS, name, options, skip=())
+    fn = TRANSFORMS.check_options(name, options)
     inputs = fn(inputs, **options)
   return inputs

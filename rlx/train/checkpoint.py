@@ -2,7 +2,7 @@
 
 Saves are asynchronous and atomic (orbax writes to a temporary directory and
 renames it when complete), so a kill during a save leaves the previous
-checkpoints intact; `restore_latest` only sees finished ones.
+checkpoints intact; `latest_step` and `restore` only see finished ones.
 """
 from __future__ import annotations
 

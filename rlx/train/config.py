@@ -7,6 +7,8 @@ from typing import Any
 
 import ml_collections as mlc
 
+from rlx.registry import check_choice
+
 # Keys whose values are free-form dicts, checked by the function they configure.
 FREE_FORM = ("advantage.options", "filter.options", "loss.terms", "rewards",
              "data.fields", "data.task_options", "model.arch", "mesh.axes", "mesh.dcn_axes")
@@ -95,8 +97,7 @@ def validate(cfg: mlc.ConfigDict) -> None:
     valid = sorted(b for b in base if (b.rsplit(".", 1)[0] if "." in b else "") == section)
     raise ValueError(f"Unknown config key {k!r}. Valid keys in "
                      f"{section or 'the top level'}: {', '.join(valid)}.")
-  if cfg.trainer not in ("rl", "sft", "reward_model"):
-    raise ValueError(f"config.trainer={cfg.trainer!r}; valid: rl, sft, reward_model.")
+  check_choice(cfg.trainer, ("rl", "sft", "reward_model"), "trainer", "config")
   for key, steps in (("train.steps", cfg.train.steps), ("sft.steps", cfg.sft.steps)):
     if steps < 0:
       raise ValueError(f"config.{key} must be >= 0, got {steps}.")
@@ -110,10 +111,9 @@ def validate(cfg: mlc.ConfigDict) -> None:
         f"config.train.minibatches={cfg.train.minibatches} must divide the "
         f"{n} completions per step (batch_prompts {cfg.train.batch_prompts} x "
         f"group_size {cfg.sampling.group_size}).")
-  if (n // cfg.train.minibatches) % cfg.sampling.group_size and cfg.train.minibatches > 1:
-    pass  # minibatches may split groups: advantages are computed before.
-  if cfg.model.init not in ("checkpoint", "random", "sft"):
-    raise ValueError(f"config.model.init={cfg.model.init!r}; valid: checkpoint, random, sft.")
+  check_choice(cfg.loss.old_logprobs, ("auto", "recompute", "sampler"), "loss.old_logprobs",
+               "config")
+  check_choice(cfg.model.init, ("checkpoint", "random", "sft"), "model.init", "config")
   if cfg.model.init == "checkpoint" and not cfg.model.checkpoint:
     raise ValueError("config.model.init='checkpoint' needs config.model.checkpoint "
                      "(a local Hugging Face directory).")
@@ -130,15 +130,12 @@ def validate(cfg: mlc.ConfigDict) -> None:
   rm = cfg.mesh.reward_models
   if rm not in ("policy", "local", "replicated") and not (
       rm.startswith("last:") and rm[5:].isdigit() and int(rm[5:]) > 0):
-    raise ValueError(f"config.mesh.reward_models={rm!r}; valid: policy, local, last:N, replicated.")
-  if cfg.model.remat not in ("none", "full", "dots"):
-    raise ValueError(f"config.model.remat={cfg.model.remat!r}; valid: none, full, dots.")
-  if cfg.ref.source not in ("initial", "checkpoint", "none"):
-    raise ValueError(f"config.ref.source={cfg.ref.source!r}; valid: initial, checkpoint, none.")
+    check_choice(rm, ("policy", "local", "last:N", "replicated"), "mesh.reward_models", "config")
+  check_choice(cfg.model.remat, ("none", "full", "dots"), "model.remat", "config")
+  check_choice(cfg.ref.source, ("initial", "checkpoint", "none"), "ref.source", "config")
   if cfg.ref.source == "checkpoint" and not cfg.ref.checkpoint:
     raise ValueError("config.ref.source='checkpoint' needs config.ref.checkpoint.")
-  if cfg.reward_errors not in ("missing", "fatal"):
-    raise ValueError(f"config.reward_errors={cfg.reward_errors!r}; valid: missing, fatal.")
+  check_choice(cfg.reward_errors, ("missing", "fatal"), "reward_errors", "config")
   if cfg.trainer == "rl" and not cfg.rewards:
     raise ValueError("config.rewards is empty: name at least one reward function.")
   for name, r in cfg.rewards.items():
@@ -173,10 +170,8 @@ def check_names(cfg: mlc.ConfigDict) -> None:
   import rlx.data  # noqa: F401  (registers the built-in tasks' rewards)
   import rlx.rewards  # noqa: F401
   from rlx import advantages, losses
-  from rlx.advantages import registry as adv_registry
   from rlx.data import TASKS
-  from rlx.data.tasks import get_task
-  from rlx.rewards.registry import REWARD_FNS, check_reward_kwargs
+  from rlx.rewards.registry import REWARD_FNS
   from rlx.train.optim import OPTIMIZERS, SCHEDULES
 
   def wrap(key, fn):
@@ -197,27 +192,54 @@ def check_names(cfg: mlc.ConfigDict) -> None:
       raise ValueError("config.data.task='file' needs config.data.path.")
   elif cfg.data.task != "file":
     wrap("data.task", lambda: TASKS.get(cfg.data.task))
-    wrap("data.task_options", lambda: get_task(cfg.data.task, **dict(cfg.data.task_options)))
+    wrap("data.task_options", lambda: TASKS.check_options(cfg.data.task,
+                                                          dict(cfg.data.task_options)))
   elif not cfg.data.path:
     raise ValueError("config.data.task='file' needs config.data.path.")
   for name, r in cfg.rewards.items():
     fn = r["fn"] if callable(r["fn"]) else wrap(f"rewards.{name}.fn",
                                                  lambda: REWARD_FNS.get(r["fn"]))
-    label = getattr(fn, "__name__", repr(fn)) if callable(r["fn"]) else repr(r["fn"])
-    wrap(f"rewards.{name}.kwargs", lambda: check_reward_kwargs(
-        fn, dict(r.get("kwargs", None) or {}), f"reward function {label}"))
+    label = getattr(fn, "__name__", repr(fn)) if callable(r["fn"]) else r["fn"]
+    wrap(f"rewards.{name}.kwargs", lambda: REWARD_FNS.check_options(
+        label, dict(r.get("kwargs", None) or {}), fn=fn))
   wrap("optim.name", lambda: OPTIMIZERS.get(cfg.optim.name))
   wrap("optim.schedule", lambda: SCHEDULES.get(cfg.optim.schedule))
   if cfg.trainer == "rl":
     wrap("advantage.estimator", lambda: advantages.ESTIMATORS.get(cfg.advantage.estimator))
-    wrap("advantage.options", lambda: adv_registry.check_options(
-        advantages.ESTIMATORS, cfg.advantage.estimator, dict(cfg.advantage.options)))
+    wrap("advantage.options", lambda: advantages.ESTIMATORS.check_options(
+        cfg.advantage.estimator, dict(cfg.advantage.options)))
     if cfg.filter.name != "none":
       wrap("filter.name", lambda: advantages.FILTERS.get(cfg.filter.name))
-      wrap("filter.options", lambda: adv_registry.check_options(
-          advantages.FILTERS, cfg.filter.name, dict(cfg.filter.options)))
+      wrap("filter.options", lambda: advantages.FILTERS.check_options(
+          cfg.filter.name, dict(cfg.filter.options)))
     wrap("loss.terms", lambda: losses.check_terms(
         {k: dict(v) for k, v in cfg.loss.terms.items()}))
-    if cfg.loss.correct_reward and cfg.loss.correct_reward not in cfg.rewards:
-      raise ValueError(f"config.loss.correct_reward={cfg.loss.correct_reward!r} is not a "
-                       f"reward; valid: {', '.join(cfg.rewards.keys())}.")
+    if cfg.loss.correct_reward:
+      check_choice(cfg.loss.correct_reward, tuple(cfg.rewards.keys()), "loss.correct_reward",
+                   "config")
+
+
+def check_traced(cfg: mlc.ConfigDict) -> None:
+  """Traces the estimator and the filter (no compute) on the RL trainer's input
+  shapes, so that an option an estimator checks when traced (a choice such as
+  gdpo's `missing`) fails at start-up. Call after the multi-host start-up."""
+  import jax
+  import jax.numpy as jnp
+  from rlx import advantages
+  g, r, k = cfg.train.batch_prompts, cfg.sampling.group_size, len(cfg.rewards)
+
+  def trace(rewards_NK):
+    x = advantages.AdvantageInputs(
+        rewards_NK=rewards_NK, group_ids_N=jnp.repeat(jnp.arange(g, dtype=jnp.int32), r),
+        valid_N=jnp.ones((g * r,), bool), weights_K=jnp.ones((k,), jnp.float32),
+        lengths_N=jnp.zeros((g * r,), jnp.float32), reward_names=tuple(cfg.rewards.keys()))
+    advantages.compute_advantages(cfg.advantage.estimator, x, g, **dict(cfg.advantage.options))
+    if cfg.filter.name != "none":
+      advantages.apply_filter(cfg.filter.name, x, g, **dict(cfg.filter.options))
+
+  try:
+    jax.eval_shape(trace, jax.ShapeDtypeStruct((g * r, k), jnp.float32))
+  except (KeyError, ValueError, TypeError) as e:
+    key = "filter.options" if cfg.filter.name != "none" and cfg.filter.name in str(e) else (
+        "advantage.options")
+    raise type(e)(f"config.{key}: {e.args[0] if e.args else e}") from None

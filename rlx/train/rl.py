@@ -1,19 +1,33 @@
 """The RL loop: sample -> score -> filter -> advantages -> ref log-probs -> updates.
 
-Each stage is a pure function chosen by the config; this file wires them
-together, handles checkpoints and writes metrics. Reward functions run on the
-host in threads while the device computes reference log-probs. Every jitted
-function sees global (possibly sharded) arrays; each process feeds, decodes and
-scores only its own rows (see rlx/train/placement.py).
+`train_rl` reads as the algorithm; every step calls these stages in order,
+each a function from typed inputs to a typed output:
+
+    groups   = collect_groups(run, params, ref_params, key)    # sample, score, top up
+    batch    = build_batch(run, groups)                        # kept groups -> global rows
+    adv      = compute_advantages(run, batch)
+    logprobs = reference_and_old_logprobs(run, batch, groups, params, ref_params)
+    state, updates = run_updates(run, state, update_batch(run, batch, adv, logprobs), key)
+    metrics  = step_metrics(run, groups, batch, adv, updates, t0)
+    log_eval_checkpoint(run, out, step, metrics, state, ref_params, stop)
+
+`RLRun` (from `setup_run`) holds what is fixed for a run. Reward functions run
+on the host in threads while the device computes reference log-probs. Every
+jitted function sees global (possibly sharded) arrays; each process feeds,
+decodes and scores only its own rows (see rlx/train/placement.py). Shape
+letters (docs/shapes.md): G prompt groups, R completions per prompt,
+N = G * R completions, P prompt and C completion tokens, K rewards.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import resource
 import signal
+import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -29,9 +43,6 @@ from rlx.train.metrics import MetricsWriter, plot_curves, read_jsonl
 from rlx.train.optim import make_optimizer
 from rlx.train.placement import Placement
 from rlx.train.scoring import Scorer, build_rewards
-
-_RO_FIELDS = ("prompt_tokens", "prompt_mask", "completion_tokens", "completion_mask",
-              "sample_logprobs", "policy_logprobs", "completion_lengths", "truncated")
 
 # `sampling.sample` under jit: its host-side prompt check reads the mask, which
 # a multi-process (non process-local) global array does not allow; prompts from
@@ -79,72 +90,66 @@ def _settings(cfg, *, eval_mode: bool, tokenizer) -> sampling.SamplingSettings:
       max_new_tokens=s.max_new_tokens, group_size=s.group_size, **common_kw)
 
 
-def _columns(rows: dict[str, Any], g: int) -> dict[str, list]:
-  """Reward columns (everything but the prompt), each repeated for the group."""
-  return {k: [v for v in list(vals) for _ in range(g)] for k, vals in rows.items() if k != "prompt"}
+def reward_columns(rows: list[dict[str, Any]], repeat: int = 1) -> dict[str, list]:
+  """The reward functions' dataset columns (every field but the prompt) of
+  prompt `rows`, each value repeated for the `repeat` completions of its prompt."""
+  return {k: [r.get(k) for r in rows for _ in range(repeat)] for k in rows[0] if k != "prompt"}
 
 
-def evaluate(cfg, graphdef, params, tokenizer, scorer: Scorer, rows: list[dict], place: Placement,
-             settings, key) -> dict[str, float]:
-  """Mean held-out rewards over `rows` (greedy unless config.eval.temperature > 0)."""
-  eb = cfg.eval.batch_prompts
-  rewards, lengths = [], []
-  for start in range(0, len(rows), eb):
-    chunk = rows[start:start + eb]
-    n_real = len(chunk)
-    chunk = chunk + [chunk[-1]] * (eb - n_real)  # static shape: pad with repeats
-    mine = place.local_rows(eb)
-    local = chunk[mine]
-    tok, mask = tokenize_prompts(tokenizer, [r["prompt"] for r in local], cfg.data.max_prompt_len)
-    ro = _sample(graphdef, params, *place.to_global((tok, mask), eb),
-                         jax.random.fold_in(key, start), settings)
-    ro = place.to_local(ro)
-    texts = sampling.decode_completions(tokenizer, ro)
-    cols = {k: [r.get(k) for r in local] for k in local[0] if k != "prompt"}
-    r, _ = scorer([r["prompt"] for r in local], texts, cols)
-    real = np.arange(mine.start, mine.stop) < n_real
-    rewards.append(place.gather(np.where(real[:, None], r, np.nan)))
-    lengths.append(place.gather(np.where(real, ro.completion_lengths, -1)))
-  r = np.concatenate(rewards)
-  ln = np.concatenate(lengths)
-  m = {f"eval/{n}": float(np.nanmean(r[:, j])) for j, n in enumerate(scorer.names)}
-  m["eval/completion_length"] = float(ln[ln >= 0].mean())
-  return m
+# ---- set-up ---------------------------------------------------------------------
 
 
-def _reward_stats(rewards: np.ndarray, valid: np.ndarray, names) -> dict[str, float]:
-  m = {}
-  for j, name in enumerate(names):
-    x = rewards[valid, j] if valid.any() else rewards[:, j]
-    x = x[np.isfinite(x)]
-    m[f"reward/{name}/mean"] = float(x.mean()) if x.size else float("nan")
-    m[f"reward/{name}/std"] = float(x.std()) if x.size else float("nan")
-  return m
+@dataclasses.dataclass
+class StageFns:
+  """The jitted functions of a step (closed over the config)."""
+  logprobs: Callable[..., Any]    # (params, tokens_NT, mask_NT) -> (logp_NC, entropy_NC)
+  update: Callable[..., Any]      # (TrainState, batch dict) -> (TrainState, metrics); donated
+  advantages: Callable[..., Any]  # (rewards_NK, valid_N, lengths_N) -> (adv, diagnostics)
+  keep: Callable[..., Any] | None  # (rewards_NK, valid_N) -> keep_N; None: no filter
 
 
-def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[str, float]:
-  """Runs (or resumes) RL in `workdir`. Returns the last metrics row."""
-  os.makedirs(workdir, exist_ok=True)
-  main = jax.process_index() == 0
-  place = Placement(cfg)
-  B, G = cfg.train.batch_prompts, cfg.sampling.group_size
-  N, P, C = B * G, cfg.data.max_prompt_len, cfg.sampling.max_new_tokens
-  place.check_batch(B, "config.train.batch_prompts")
+@dataclasses.dataclass
+class RLRun:
+  """Everything fixed for a run: config, sizes, model, data, stage functions."""
+  cfg: Any
+  place: Placement
+  policy: common.Policy
+  scorer: Scorer
+  prompts: Any                # the resumable prompt-row iterator (global batches)
+  eval_rows: list[dict]
+  fns: StageFns
+  sample_settings: sampling.SamplingSettings
+  eval_settings: sampling.SamplingSettings
+  num_groups: int             # G prompts per step
+  group_size: int             # R completions per prompt
+  group_ids_N: jax.Array      # [N] prompt group of each completion row
+  mine: slice                 # this process's prompts of the global batch
+  detached_old: bool          # old log-probs = stop_gradient(current): not computed
+  sync_ref: bool              # the reference follows the policy (checkpointed with it)
+  correct_index: int          # reward column of config.loss.correct_reward, -1 if none
+  base_key: jax.Array
+  eval_key: jax.Array         # the same held-out draws at every eval
+
+  @property
+  def num_completions(self) -> int:
+    return self.num_groups * self.group_size
+
+  @property
+  def local_groups(self) -> int:
+    return self.mine.stop - self.mine.start
+
+
+def _check_batches(cfg, place: Placement) -> None:
+  n = cfg.train.batch_prompts * cfg.sampling.group_size
+  place.check_batch(cfg.train.batch_prompts, "config.train.batch_prompts")
   place.check_batch(cfg.eval.batch_prompts, "config.eval.batch_prompts")
   if cfg.train.minibatches > 1:
-    place.check_batch(N // cfg.train.minibatches, "completions per minibatch (config.train."
+    place.check_batch(n // cfg.train.minibatches, "completions per minibatch (config.train."
                       "batch_prompts * sampling.group_size / train.minibatches)")
-  mine_p = place.local_rows(B)  # this process's prompts of the global batch
-  Bl = mine_p.stop - mine_p.start
 
-  from rlx.parallel import models as aux_models
-  aux_models.set_reward_model_mesh(
-      aux_models.resolve_reward_model_mesh(cfg.mesh.reward_models, place.mesh, place.rules),
-      place.rules)
-  policy = common.load_policy(cfg, workdir, checkpoint=init_checkpoint)
-  tok, graphdef = policy.tokenizer, policy.graphdef
-  updates_per_step = cfg.train.epochs * cfg.train.minibatches
-  tx = make_optimizer(cfg.optim, cfg.train.steps * updates_per_step)
+
+def _initial_state(cfg, place: Placement, policy: common.Policy, tx) -> tuple[steps.TrainState, Any]:
+  """The step-0 train state (params placed on the mesh) and the reference params."""
   p_sh = place.param_shardings(policy.params)
   params = place.put_params(policy.params, p_sh)
   if cfg.ref.source == "checkpoint":
@@ -158,220 +163,500 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
   state = steps.TrainState(step=place.replicated(np.zeros((), np.int32)), params=params,
                            opt_state=place.init_opt_state(tx, params, p_sh),
                            skipped=place.replicated(np.zeros((), np.int32)))
-  state_sh = jax.tree.map(lambda x: x.sharding, state)
+  return state, ref_params
 
-  scorer = Scorer(build_rewards(cfg.rewards), threads=cfg.reward_threads, errors=cfg.reward_errors)
-  weights = jnp.asarray(scorer.weights)
-  train_rows = common.load_rows(cfg, "train", cfg.data.num_train)
-  eval_rows = common.load_rows(cfg, "eval", cfg.data.num_eval)
-  # Every process reads the whole global batch (prompt rows are small) and
-  # keeps its rows `mine_p`: the batch's row order, hence the samples, and the
-  # iterator state do not depend on the number of processes.
-  it = make_prompt_iterator(train_rows, batch_prompts=B, seed=cfg.seed, shuffle=cfg.data.shuffle,
-                            process_index=0, process_count=1)
 
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_checkpoints)
-  sync_ref = ref_params is not None and cfg.ref.sync_every > 0
-  start = 0
-  if ckpt.latest_step() is not None:
-    start = ckpt.latest_step()
-    target = {"train": state, "ref": ref_params} if sync_ref else {"train": state}
-    restored, data_state, _ = ckpt.restore(start, target)
-    state = restored["train"]
-    ref_params = restored["ref"] if sync_ref else ref_params
-    it.set_state(data_state)
-    logging.info("Resumed from step %d in %s", start, workdir)
-  writer = MetricsWriter(workdir, enabled=main)
-  writer.truncate_after(start if start > 0 else -1)  # rows after the checkpoint are redone
+def _stage_fns(cfg, policy: common.Policy, tx, state: steps.TrainState, scorer: Scorer,
+               detached_old: bool, group_ids_N: jax.Array) -> StageFns:
+  num_groups = cfg.train.batch_prompts
+  prompt_len, chunk = cfg.data.max_prompt_len, cfg.model.logprob_chunk
+  weights_K = jnp.asarray(scorer.weights)
 
-  # ---- the jitted stages ------------------------------------------------------
-  sample_settings = _settings(cfg, eval_mode=False, tokenizer=tok)
-  eval_settings = _settings(cfg, eval_mode=True, tokenizer=tok)
-  chunk = cfg.model.logprob_chunk
-  logprobs_fn = steps.make_logprobs_fn(graphdef, P, cfg.sampling.temperature, chunk)
-  old_mode = cfg.loss.old_logprobs
-  if old_mode not in ("auto", "recompute", "sampler"):
-    raise ValueError(f"config.loss.old_logprobs={old_mode!r}; valid: auto, recompute, sampler.")
-  detached_old = old_mode == "auto" and updates_per_step == 1
-  update_fn = steps.make_update_fn(graphdef, tx, cfg.loss.terms, prompt_len=P,
-                                   temperature=cfg.sampling.temperature, chunk=chunk,
-                                   detached_old=detached_old, max_len=C, num_groups=B,
-                                   state_shardings=state_sh,
-                                   remat=False if cfg.model.remat == "none" else cfg.model.remat)
-  est_name, est_opts = cfg.advantage.estimator, dict(cfg.advantage.options)
-
-  def make_inputs(rewards, valid, lengths=None):
+  def inputs(rewards_NK, valid_N, lengths_N=None):
     return adv_lib.AdvantageInputs(
-        rewards_NK=rewards, group_ids_N=jnp.repeat(jnp.arange(B, dtype=jnp.int32), G),
-        valid_N=valid, weights_K=weights, lengths_N=lengths, reward_names=scorer.names)
+        rewards_NK=rewards_NK, group_ids_N=group_ids_N, valid_N=valid_N, weights_K=weights_K,
+        lengths_N=lengths_N, reward_names=scorer.names)
 
-  adv_fn = jax.jit(lambda r, v, ln: adv_lib.compute_advantages(
-      est_name, make_inputs(r, v, ln), B, **est_opts))
-  filt_fn = None
+  est_name, est_opts = cfg.advantage.estimator, dict(cfg.advantage.options)
+  keep = None
   if cfg.filter.name != "none":
     filt_name, filt_opts = cfg.filter.name, dict(cfg.filter.options)
-    filt_fn = jax.jit(lambda r, v: adv_lib.apply_filter(filt_name, make_inputs(r, v), B, **filt_opts)[0])
-  correct_j = scorer.names.index(cfg.loss.correct_reward) if cfg.loss.correct_reward else -1
-  base_key = jax.random.PRNGKey(cfg.seed)
-  eval_key = jax.random.fold_in(base_key, 2**31 - 1)  # the same held-out draws at every eval
-  mine_n = slice(mine_p.start * G, mine_p.stop * G)
+    keep = jax.jit(lambda r, v: adv_lib.apply_filter(
+        filt_name, inputs(r, v), num_groups, **filt_opts)[0])
+  return StageFns(
+      logprobs=steps.make_logprobs_fn(policy.graphdef, prompt_len, cfg.sampling.temperature,
+                                      chunk),
+      update=steps.make_update_fn(
+          policy.graphdef, tx, cfg.loss.terms, prompt_len=prompt_len,
+          temperature=cfg.sampling.temperature, chunk=chunk, detached_old=detached_old,
+          max_len=cfg.sampling.max_new_tokens, num_groups=num_groups,
+          state_shardings=jax.tree.map(lambda x: x.sharding, state),
+          remat=False if cfg.model.remat == "none" else cfg.model.remat),
+      advantages=jax.jit(lambda r, v, ln: adv_lib.compute_advantages(
+          est_name, inputs(r, v, ln), num_groups, **est_opts)),
+      keep=keep)
 
+
+def setup_run(cfg, workdir: str, init_checkpoint: str | None
+              ) -> tuple[RLRun, steps.TrainState, Any]:
+  """The run's fixed parts, the step-0 train state and the reference params."""
+  place = Placement(cfg)
+  _check_batches(cfg, place)
+  from rlx.parallel import models as aux_models
+  aux_models.set_reward_model_mesh(
+      aux_models.resolve_reward_model_mesh(cfg.mesh.reward_models, place.mesh, place.rules),
+      place.rules)
+  policy = common.load_policy(cfg, workdir, checkpoint=init_checkpoint)
+  updates_per_step = cfg.train.epochs * cfg.train.minibatches
+  tx = make_optimizer(cfg.optim, cfg.train.steps * updates_per_step)
+  state, ref_params = _initial_state(cfg, place, policy, tx)
+  scorer = Scorer(build_rewards(cfg.rewards), threads=cfg.reward_threads, errors=cfg.reward_errors)
+  train_rows = common.load_rows(cfg, "train", cfg.data.num_train)
+  # Every process reads the whole global batch (prompt rows are small) and
+  # keeps its rows `mine`: the batch's row order, hence the samples, and the
+  # iterator state do not depend on the number of processes.
+  prompts = make_prompt_iterator(train_rows, batch_prompts=cfg.train.batch_prompts,
+                                 seed=cfg.seed, shuffle=cfg.data.shuffle,
+                                 process_index=0, process_count=1)
+  detached_old = cfg.loss.old_logprobs == "auto" and updates_per_step == 1
+  group_ids_N = jnp.repeat(jnp.arange(cfg.train.batch_prompts, dtype=jnp.int32),
+                           cfg.sampling.group_size)
+  base_key = jax.random.PRNGKey(cfg.seed)
+  run = RLRun(
+      cfg=cfg, place=place, policy=policy, scorer=scorer, prompts=prompts,
+      eval_rows=common.load_rows(cfg, "eval", cfg.data.num_eval),
+      fns=_stage_fns(cfg, policy, tx, state, scorer, detached_old, group_ids_N),
+      sample_settings=_settings(cfg, eval_mode=False, tokenizer=policy.tokenizer),
+      eval_settings=_settings(cfg, eval_mode=True, tokenizer=policy.tokenizer),
+      num_groups=cfg.train.batch_prompts, group_size=cfg.sampling.group_size,
+      group_ids_N=group_ids_N,
+      mine=place.local_rows(cfg.train.batch_prompts), detached_old=detached_old,
+      sync_ref=ref_params is not None and cfg.ref.sync_every > 0,
+      correct_index=(list(scorer.names).index(cfg.loss.correct_reward)
+                     if cfg.loss.correct_reward else -1),
+      base_key=base_key, eval_key=jax.random.fold_in(base_key, 2**31 - 1))
+  return run, state, ref_params
+
+
+def _checkpoint_target(run: RLRun, state: steps.TrainState, ref_params: Any) -> dict[str, Any]:
+  return {"train": state, "ref": ref_params} if run.sync_ref else {"train": state}
+
+
+def restore(run: RLRun, ckpt: Checkpointer, state: steps.TrainState, ref_params: Any
+            ) -> tuple[int, steps.TrainState, Any]:
+  """(first step, state, reference) from the workdir's latest checkpoint, if any."""
+  start = ckpt.latest_step()
+  if start is None:
+    return 0, state, ref_params
+  restored, data_state, _ = ckpt.restore(start, _checkpoint_target(run, state, ref_params))
+  run.prompts.set_state(data_state)
+  logging.info("Resumed from step %d in %s", start, os.path.dirname(ckpt.directory))
+  return start, restored["train"], restored["ref"] if run.sync_ref else ref_params
+
+
+# ---- evaluation -----------------------------------------------------------------
+
+
+def evaluate(run: RLRun, params: Any) -> dict[str, float]:
+  """Mean held-out rewards over `run.eval_rows` (greedy unless config.eval.temperature > 0)."""
+  cfg, place, tok = run.cfg, run.place, run.policy.tokenizer
+  batch_prompts = cfg.eval.batch_prompts
+  rewards, lengths = [], []
+  for start in range(0, len(run.eval_rows), batch_prompts):
+    rows = run.eval_rows[start:start + batch_prompts]
+    n_real = len(rows)
+    rows = rows + [rows[-1]] * (batch_prompts - n_real)  # static shape: pad with repeats
+    mine = place.local_rows(batch_prompts)
+    local = rows[mine]
+    tokens, mask = tokenize_prompts(tok, [r["prompt"] for r in local], cfg.data.max_prompt_len)
+    rollout = _sample(run.policy.graphdef, params,
+                      *place.to_global((tokens, mask), batch_prompts),
+                      jax.random.fold_in(run.eval_key, start), run.eval_settings)
+    rollout = place.to_local(rollout)
+    texts = sampling.decode_completions(tok, rollout)
+    r, _ = run.scorer([r["prompt"] for r in local], texts, reward_columns(local))
+    real = np.arange(mine.start, mine.stop) < n_real
+    rewards.append(place.gather(np.where(real[:, None], r, np.nan)))
+    lengths.append(place.gather(np.where(real, rollout.completion_lengths, -1)))
+  r = np.concatenate(rewards)
+  ln = np.concatenate(lengths)
+  m = {f"eval/{n}": float(np.nanmean(r[:, j])) for j, n in enumerate(run.scorer.names)}
+  m["eval/completion_length"] = float(ln[ln >= 0].mean())
+  return m
+
+
+# ---- stage 1: collect groups (dynamic-sampling top-up) ---------------------------
+
+
+@dataclasses.dataclass
+class Group:
+  """One prompt's R completions (this process's NumPy rows) and their rewards."""
+  rollout: sampling.Rollout  # fields [R, ...]
+  rewards_RK: np.ndarray
+
+
+@dataclasses.dataclass
+class CollectedGroups:
+  """Groups sampled for a step: those the filter kept, then the rejected ones."""
+  kept: list[Group]
+  dropped: list[Group]
+  rounds: int                          # sampling rounds (1 without a filter)
+  score_metrics: dict[str, float]      # reward/NAME/missing|raised, summed over rounds
+  sample_s: float
+  score_s: float
+  ref_logprobs_NC: jax.Array | None    # reference log-probs dispatched during scoring
+
+
+def _sample_round(run: RLRun, params: Any, ref_params: Any, key: jax.Array):
+  """One round: sample this step's next prompt batch, decode and score this
+  process's rows. Returns (rollout (local), rewards_NK, score metrics,
+  reference log-probs or None, sample seconds, score seconds)."""
+  rows = {k: v[run.mine] for k, v in next(run.prompts).items()}
+  prompts = list(rows["prompt"])
+  rows = [dict(zip(rows, values)) for values in zip(*rows.values())]
+  tokens, mask = tokenize_prompts(run.policy.tokenizer, prompts, run.cfg.data.max_prompt_len)
+  t = time.time()
+  rollout = _sample(run.policy.graphdef, params,
+                    *run.place.to_global((tokens, mask), run.num_groups), key,
+                    run.sample_settings)
+  ref_logprobs = None
+  if ref_params is not None and run.fns.keep is None:  # computed while the host scores
+    ref_logprobs = run.fns.logprobs(ref_params, rollout.tokens, rollout.mask)[0]
+  rollout = run.place.to_local(rollout)
+  texts = sampling.decode_completions(run.policy.tokenizer, rollout)
+  sample_s, t = time.time() - t, time.time()
+  rewards_NK, score_m = run.scorer([p for p in prompts for _ in range(run.group_size)], texts,
+                                   reward_columns(rows, run.group_size))
+  return rollout, rewards_NK, score_m, ref_logprobs, sample_s, time.time() - t
+
+
+def _kept_groups(run: RLRun, rewards_NK: np.ndarray) -> np.ndarray:
+  """[local groups] bool: groups of this process that the filter keeps."""
+  if run.fns.keep is None:
+    return np.ones(run.local_groups, bool)
+  n = run.num_completions
+  keep_N = run.place.to_local(run.fns.keep(run.place.to_global(rewards_NK, n),
+                                           jnp.ones((n,), bool)))
+  return np.asarray(keep_N).reshape(run.local_groups, run.group_size).all(1)
+
+
+def _split_groups(run: RLRun, rollout: sampling.Rollout, rewards_NK: np.ndarray) -> list[Group]:
+  r = run.group_size
+  return [Group(jax.tree.map(lambda x: x[b * r:(b + 1) * r], rollout), rewards_NK[b * r:(b + 1) * r])
+          for b in range(run.local_groups)]
+
+
+def collect_groups(run: RLRun, params: Any, ref_params: Any, key: jax.Array) -> CollectedGroups:
+  """Samples and scores prompt groups; with a filter, samples again (up to
+  config.filter.max_rounds more rounds) while any process has fewer kept
+  groups than its share of the batch."""
+  out = CollectedGroups([], [], 0, {}, 0.0, 0.0, None)
+  while True:
+    rollout, rewards_NK, score_m, ref_logprobs, sample_s, score_s = _sample_round(
+        run, params, ref_params, jax.random.fold_in(key, out.rounds))
+    out.ref_logprobs_NC = ref_logprobs
+    out.sample_s += sample_s
+    out.score_s += score_s
+    for k, v in score_m.items():
+      out.score_metrics[k] = out.score_metrics.get(k, 0.0) + v
+    keep_G = _kept_groups(run, rewards_NK)
+    for keep, group in zip(keep_G, _split_groups(run, rollout, rewards_NK)):
+      (out.kept if keep else out.dropped).append(group)
+    out.rounds += 1
+    short = run.place.gather(np.asarray([len(out.kept) < run.local_groups]))
+    if run.fns.keep is None or not short.any() or out.rounds > run.cfg.filter.max_rounds:
+      break
+  if run.place.multi:  # scorer counts of all processes
+    names = sorted(out.score_metrics)
+    total = run.place.sum_over_processes(
+        np.asarray([out.score_metrics[k] for k in names], np.float32))
+    out.score_metrics = dict(zip(names, total.tolist()))
+  return out
+
+
+# ---- stage 2: the step's batch --------------------------------------------------
+
+
+@dataclasses.dataclass
+class StepBatch:
+  """The step's N completions: kept groups first, rejected ones (valid=False)
+  filling the remaining rows. `local_*` are this process's NumPy rows; the
+  rest are global (sharded) arrays of all N rows."""
+  local_rollout: sampling.Rollout
+  local_rewards_NK: np.ndarray
+  local_valid_N: np.ndarray
+  rollout: sampling.Rollout
+  rewards_NK: jax.Array
+  valid_N: jax.Array
+  correct_N: jax.Array
+
+
+def build_batch(run: RLRun, groups: CollectedGroups) -> StepBatch:
+  """Kept groups (then rejected ones, marked invalid) -> the step's global batch."""
+  chosen = (groups.kept + groups.dropped)[:run.local_groups]
+  n_kept = min(len(groups.kept), run.local_groups)
+  rollout = jax.tree.map(lambda *xs: np.concatenate(xs), *[g.rollout for g in chosen])
+  rewards_NK = np.concatenate([g.rewards_RK for g in chosen])
+  valid_N = np.repeat(np.arange(run.local_groups) < n_kept, run.group_size)
+  if run.correct_index >= 0:
+    correct_N = (np.nan_to_num(rewards_NK[:, run.correct_index], nan=-np.inf)
+                 >= run.cfg.loss.correct_threshold)
+  else:
+    correct_N = np.zeros(len(valid_N), bool)
+  glob = run.place.to_global(
+      {"rollout": rollout, "rewards": rewards_NK, "valid": valid_N, "correct": correct_N},
+      run.num_completions)
+  return StepBatch(local_rollout=rollout, local_rewards_NK=rewards_NK, local_valid_N=valid_N,
+                   rollout=glob["rollout"], rewards_NK=glob["rewards"], valid_N=glob["valid"],
+                   correct_N=glob["correct"])
+
+
+# ---- stage 3: advantages --------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Advantages:
+  values: jax.Array            # [N] (or [N, C] for token-level estimators), 0 on invalid rows
+  diagnostics: dict[str, Any]  # estimator/* and section-7 diagnostics (device scalars)
+
+
+def compute_advantages(run: RLRun, batch: StepBatch) -> Advantages:
+  values, diagnostics = run.fns.advantages(
+      batch.rewards_NK, batch.valid_N, batch.rollout.completion_lengths.astype(jnp.float32))
+  return Advantages(values, diagnostics)
+
+
+# ---- stage 4: reference and old log-probs ---------------------------------------
+
+
+@dataclasses.dataclass
+class StepLogprobs:
+  reference_NC: jax.Array  # zeros without a reference model
+  old_NC: jax.Array        # zeros when the old policy is the detached current one
+
+
+def reference_and_old_logprobs(run: RLRun, batch: StepBatch, groups: CollectedGroups,
+                               params: Any, ref_params: Any) -> StepLogprobs:
+  rollout = batch.rollout
+  shape = rollout.completion_mask.shape
+  if ref_params is None:
+    reference = jnp.zeros(shape, jnp.float32)
+  elif groups.ref_logprobs_NC is not None and groups.rounds == 1:
+    reference = groups.ref_logprobs_NC
+  else:
+    reference = run.fns.logprobs(ref_params, rollout.tokens, rollout.mask)[0]
+  if run.cfg.loss.old_logprobs == "sampler":
+    old = rollout.policy_logprobs
+  elif run.detached_old:
+    old = jnp.zeros(shape, jnp.float32)  # unused: stop_gradient(logp)
+  else:
+    old = run.fns.logprobs(params, rollout.tokens, rollout.mask)[0]
+  return StepLogprobs(reference, old)
+
+
+# ---- stage 5: policy updates ----------------------------------------------------
+
+
+def update_batch(run: RLRun, batch: StepBatch, adv: Advantages, logprobs: StepLogprobs
+                 ) -> dict[str, jax.Array]:
+  """The update function's batch dict (see rlx/train/steps.py)."""
+  rollout = batch.rollout
+  return dict(
+      tokens=rollout.tokens, attn_mask=rollout.mask,
+      loss_mask=(rollout.completion_mask & batch.valid_N[:, None]).astype(jnp.float32),
+      adv=adv.values, old_logp=logprobs.old_NC, sample_logp=rollout.sample_logprobs,
+      ref_logp=logprobs.reference_NC, correct=batch.correct_N,
+      group=run.group_ids_N,
+      lengths=rollout.completion_lengths.astype(jnp.int32))
+
+
+@dataclasses.dataclass
+class UpdateResult:
+  metrics: dict[str, float]  # loss/* averaged over the step's updates
+  seconds: float
+
+
+def run_updates(run: RLRun, state: steps.TrainState, batch: dict[str, jax.Array],
+                key: jax.Array) -> tuple[steps.TrainState, UpdateResult]:
+  """config.train.epochs passes over the batch in config.train.minibatches
+  minibatches (rows in order in the first epoch, permuted after)."""
+  t = time.time()
+  cfg, n = run.cfg, run.num_completions
+  rows = n // cfg.train.minibatches
+  metrics = []
+  for epoch in range(cfg.train.epochs):
+    order = (np.arange(n) if epoch == 0 else
+             np.asarray(jax.random.permutation(jax.random.fold_in(key, 1000 + epoch), n)))
+    for i in range(cfg.train.minibatches):
+      minibatch = batch
+      if cfg.train.minibatches > 1 or epoch:
+        minibatch = run.place.take_rows(batch, order[i * rows:(i + 1) * rows])
+      state, m = run.fns.update(state, minibatch)
+      metrics.append(m)
+  # Replicated scalars: averaged on the host (no extra device computation).
+  mean = {k: float(np.mean([np.asarray(m[k]) for m in metrics])) for k in metrics[0]}
+  mean = {k if k.startswith("loss") else f"loss/{k}": v for k, v in mean.items()}
+  return state, UpdateResult(mean, time.time() - t)
+
+
+def synced_reference(run: RLRun, step: int, state: steps.TrainState, ref_params: Any) -> Any:
+  """The reference after `step`: a copy of the policy every config.ref.sync_every steps."""
+  if run.sync_ref and (step + 1) % run.cfg.ref.sync_every == 0:
+    return jax.tree.map(jnp.copy, state.params)
+  return ref_params
+
+
+# ---- stage 6: metrics, eval, checkpoint -----------------------------------------
+
+
+def _reward_stats(rewards_NK: np.ndarray, valid_N: np.ndarray, names) -> dict[str, float]:
+  m = {}
+  for j, name in enumerate(names):
+    x = rewards_NK[valid_N, j] if valid_N.any() else rewards_NK[:, j]
+    x = x[np.isfinite(x)]
+    m[f"reward/{name}/mean"] = float(x.mean()) if x.size else float("nan")
+    m[f"reward/{name}/std"] = float(x.std()) if x.size else float("nan")
+  return m
+
+
+def step_metrics(run: RLRun, groups: CollectedGroups, batch: StepBatch, adv: Advantages,
+                 updates: UpdateResult, step_start: float) -> dict[str, Any]:
+  """The step's metrics row: rewards, scorer counts, advantages, losses, lengths, times."""
+  place = run.place
+  valid_N = place.gather(batch.local_valid_N)
+  lengths_N = place.gather(batch.local_rollout.completion_lengths)
+  m: dict[str, Any] = _reward_stats(place.gather(batch.local_rewards_NK), valid_N,
+                                    run.scorer.names)
+  m.update(groups.score_metrics)
+  m.update(jax.device_get(adv.diagnostics))
+  m.update(updates.metrics)
+  m["completion/length_mean"] = float(lengths_N.mean())
+  m["completion/length_max"] = float(lengths_N.max())
+  m["completion/truncated"] = float(place.gather(batch.local_rollout.truncated).mean())
+  m["filter/kept_groups"] = float(valid_N.sum() // run.group_size)
+  m["filter/rounds"] = float(groups.rounds)
+  m["time/sample_s"], m["time/score_s"] = groups.sample_s, groups.score_s
+  m["time/update_s"] = updates.seconds
+  m["time/step_s"] = time.time() - step_start
+  m["memory/peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+  m["throughput/tokens_per_s"] = float(lengths_N.sum() * groups.rounds) / max(groups.sample_s,
+                                                                             1e-9)
+  return m
+
+
+@dataclasses.dataclass
+class Outputs:
+  """Where a run writes: metrics, checkpoints, the progress bar."""
+  writer: MetricsWriter
+  ckpt: Checkpointer
+  progress: Any  # tqdm bar or None
+
+  def say(self, line: str) -> None:
+    """One console line (above the progress bar, which stays intact)."""
+    if self.progress is not None:
+      self.progress.write(line, file=sys.stderr)
+    elif jax.process_index() == 0:
+      logging.info("%s", line)
+
+  def close(self) -> None:
+    self.ckpt.close()
+    if self.progress is not None:
+      self.progress.close()
+    self.writer.close()
+
+
+def log_eval_checkpoint(run: RLRun, out: Outputs, step: int, m: dict[str, Any],
+                        state: steps.TrainState, ref_params: Any, stop: _Stop) -> dict[str, float]:
+  """After `step`: eval if due, write the metrics row if due, advance the
+  progress bar, checkpoint if due. Returns the row written (or {})."""
+  cfg = run.cfg
+  done = step + 1 == cfg.train.steps
+  if cfg.train.eval_every and ((step + 1) % cfg.train.eval_every == 0 or done):
+    m.update(evaluate(run, state.params))
+    out.say(eval_line(step + 1, m, run.scorer.names))
+  row = {}
+  if (step + 1) % cfg.train.log_every == 0 or done or any(k.startswith("eval/") for k in m):
+    row = out.writer.write(step + 1, m)
+  if out.progress is not None:
+    out.progress.update(1)
+    out.progress.set_postfix({n[:12]: f"{m[f'reward/{n}/mean']:.3f}" for n in run.scorer.names},
+                             refresh=False)
+  if (cfg.train.ckpt_every and (step + 1) % cfg.train.ckpt_every == 0) or done or stop.requested:
+    out.ckpt.save(step + 1, _checkpoint_target(run, state, ref_params), run.prompts.get_state(),
+                  {"step": step + 1})
+  return row
+
+
+def finish(run: RLRun, workdir: str, out: Outputs, state: steps.TrainState,
+           stopped: bool, seconds: float) -> None:
+  """Closes the outputs; unless stopped, exports the policy and plots the curves."""
+  cfg = run.cfg
+  out.close()
+  run.scorer.close()
+  export = cfg.train.export_hf and not stopped
+  # Every process takes part in gathering the sharded params; process 0 writes.
+  host_params = run.place.fetch(state.params) if export else None
+  if jax.process_index() == 0 and not stopped:
+    if export:
+      hf_io.save_hf(os.path.join(workdir, "hf"), run.policy.cfg, host_params,
+                    tokenizer=run.policy.tokenizer)
+    names = run.scorer.names
+    keys = ([f"reward/{n}/mean" for n in names] + [f"eval/{n}" for n in names]
+            + ["completion/length_mean", "loss"])
+    plot_curves(read_jsonl(out.writer.path), keys, os.path.join(workdir, "rewards.png"),
+                title=f"{cfg.advantage.estimator} on {cfg.data.task}")
+  if stopped:
+    logging.warning("RL stopped by a signal after %.1f s; the checkpoint in %s resumes it.",
+                    seconds, workdir)
+  elif jax.process_index() == 0:
+    written = [out.writer.path, os.path.join(workdir, "rewards.png"), os.path.join(workdir, "tb")]
+    if export:
+      written.append(os.path.join(workdir, "hf"))
+    logging.info("RL finished in %.1f s; wrote %s", seconds, ", ".join(written))
+
+
+def eval_line(step: int, m: dict[str, Any], names) -> str:
+  """'eval at step 20: format 0.500, correct 0.223, completion length 54.1'."""
+  parts = [f"{n} {m[f'eval/{n}']:.3f}" for n in names]
+  return (f"eval at step {step}: {', '.join(parts)}, "
+          f"completion length {m['eval/completion_length']:.1f}")
+
+
+# ---- the loop -------------------------------------------------------------------
+
+
+def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[str, float]:
+  """Runs (or resumes) RL in `workdir`. Returns the last metrics row."""
+  os.makedirs(workdir, exist_ok=True)
+  main = jax.process_index() == 0
+  run, state, ref_params = setup_run(cfg, workdir, init_checkpoint)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_checkpoints)
+  start, state, ref_params = restore(run, ckpt, state, ref_params)
+  writer = MetricsWriter(workdir, enabled=main)
+  writer.truncate_after(start if start > 0 else -1)  # rows after the checkpoint are redone
   progress = None
   if main and cfg.train.progress:
     from tqdm.auto import tqdm
     progress = tqdm(total=cfg.train.steps, initial=start, desc="rl", dynamic_ncols=True)
+  out = Outputs(writer, ckpt, progress)
   last: dict[str, float] = {}
   t_run = time.time()
   with _Stop() as stop:  # installed first: a SIGTERM from here on saves and exits cleanly
-    if start == 0 and cfg.train.eval_every:
-      # Held-out rewards of the initial policy (step 0): the baseline RL must beat.
-      writer.write(0, evaluate(cfg, graphdef, state.params, tok, scorer, eval_rows, place,
-                               eval_settings, eval_key))
+    if start == 0 and cfg.train.eval_every:  # the initial policy: the baseline RL must beat
+      initial = writer.write(0, evaluate(run, state.params))
+      out.say(eval_line(0, initial, run.scorer.names))
     for step in range(start, cfg.train.steps):
-      t0 = time.time()
-      key = jax.random.fold_in(base_key, step)
-      # ---- sample and score (with dynamic-sampling top-up) ----------------------
-      kept, dropped, rounds = [], [], 0
-      t_sample = t_score = 0.0
-      score_m: dict[str, float] = {}
-      ref_pending = None
-      while True:
-        rows = {k: v[mine_p] for k, v in next(it).items()}
-        prompts = list(rows["prompt"])
-        ptok, pmask = tokenize_prompts(tok, prompts, P)
-        ts = time.time()
-        ro = _sample(graphdef, state.params, *place.to_global((ptok, pmask), B),
-                             jax.random.fold_in(key, rounds), sample_settings)
-        if ref_params is not None and filt_fn is None:
-          # Dispatched now, computed while the host scores.
-          ref_pending = logprobs_fn(
-              ref_params, jnp.concatenate([ro.prompt_tokens, ro.completion_tokens], 1),
-              jnp.concatenate([ro.prompt_mask, ro.completion_mask], 1))[0]
-        ro_np = place.to_local(ro)
-        texts = sampling.decode_completions(tok, ro_np)
-        t_sample += time.time() - ts
-        ts = time.time()
-        rewards, rm = scorer([p for p in prompts for _ in range(G)], texts, _columns(rows, G))
-        t_score += time.time() - ts
-        for k, v in rm.items():
-          score_m[k] = score_m.get(k, 0.0) + v
-        if filt_fn is None:
-          keep_g = np.ones(Bl, bool)
-        else:
-          keep_n = place.to_local(filt_fn(place.to_global(rewards, N), jnp.ones((N,), bool)))
-          keep_g = np.asarray(keep_n).reshape(Bl, G).all(1)
-        for b in range(Bl):
-          sl = slice(b * G, (b + 1) * G)
-          grp = ({k: getattr(ro_np, k)[sl] for k in _RO_FIELDS}, rewards[sl])
-          (kept if keep_g[b] else dropped).append(grp)
-        rounds += 1
-        short = place.gather(np.asarray([len(kept) < Bl]))
-        if filt_fn is None or not short.any() or rounds > cfg.filter.max_rounds:
-          break
-      if place.multi:  # scorer counts of all processes
-        names = sorted(score_m)
-        tot = place.sum_over_processes(np.asarray([score_m[k] for k in names], np.float32))
-        score_m = dict(zip(names, tot.tolist()))
-      n_kept = min(len(kept), Bl)
-      groups = (kept + dropped)[:Bl]
-      local = {k: np.concatenate([g[0][k] for g in groups]) for k in _RO_FIELDS}
-      local["rewards"] = np.concatenate([g[1] for g in groups])
-      local["valid"] = np.repeat(np.arange(Bl) < n_kept, G)
-      local["correct"] = (np.nan_to_num(local["rewards"][:, correct_j], nan=-np.inf)
-                          >= cfg.loss.correct_threshold) if correct_j >= 0 else np.zeros(len(local["valid"]), bool)
-      glob = place.to_global(local, N)
-
-      # ---- advantages, reference and old log-probs ------------------------------
-      adv, adiag = adv_fn(glob["rewards"], glob["valid"], glob["completion_lengths"].astype(jnp.float32))
-      tokens = jnp.concatenate([glob["prompt_tokens"], glob["completion_tokens"]], 1)
-      attn = jnp.concatenate([glob["prompt_mask"], glob["completion_mask"]], 1)
-      loss_mask = (glob["completion_mask"] & glob["valid"][:, None]).astype(jnp.float32)
-      if ref_params is None:
-        ref_logp = jnp.zeros(loss_mask.shape, jnp.float32)
-      elif ref_pending is not None and rounds == 1:
-        ref_logp = ref_pending
-      else:
-        ref_logp = logprobs_fn(ref_params, tokens, attn)[0]
-      if old_mode == "sampler":
-        old_logp = glob["policy_logprobs"]
-      elif detached_old:
-        old_logp = jnp.zeros(loss_mask.shape, jnp.float32)  # unused: stop_gradient(logp)
-      else:
-        old_logp = logprobs_fn(state.params, tokens, attn)[0]
-      batch = dict(tokens=tokens, attn_mask=attn, loss_mask=loss_mask, adv=adv, old_logp=old_logp,
-                   sample_logp=glob["sample_logprobs"], ref_logp=ref_logp, correct=glob["correct"],
-                   group=jnp.repeat(jnp.arange(B, dtype=jnp.int32), G),
-                   lengths=glob["completion_lengths"].astype(jnp.int32))
-
-      # ---- updates ------------------------------------------------------------
-      tu = time.time()
-      mb = N // cfg.train.minibatches
-      upd = []
-      for epoch in range(cfg.train.epochs):
-        order = (np.arange(N) if epoch == 0 else
-                 np.asarray(jax.random.permutation(jax.random.fold_in(key, 1000 + epoch), N)))
-        for i in range(cfg.train.minibatches):
-          sub = batch
-          if cfg.train.minibatches > 1 or epoch:
-            sub = place.take_rows(batch, order[i * mb:(i + 1) * mb])
-          state, um = update_fn(state, sub)
-          upd.append(um)
-      # Replicated scalars: averaged on the host (no extra device computation).
-      um = {k: float(np.mean([np.asarray(u[k]) for u in upd])) for k in upd[0]}
-      t_update = time.time() - tu
-      if sync_ref and (step + 1) % cfg.ref.sync_every == 0:
-        ref_params = jax.tree.map(jnp.copy, state.params)
-
-      # ---- metrics, eval, checkpoint ---------------------------------------------
-      all_rewards = place.gather(local["rewards"])
-      all_valid = place.gather(local["valid"])
-      lengths = place.gather(local["completion_lengths"])
-      m: dict[str, Any] = _reward_stats(all_rewards, all_valid, scorer.names)
-      m.update(score_m)
-      m.update(jax.device_get(adiag))
-      m.update({f"loss/{k}" if not k.startswith("loss") else k: v for k, v in um.items()})
-      m["completion/length_mean"] = float(lengths.mean())
-      m["completion/length_max"] = float(lengths.max())
-      m["completion/truncated"] = float(place.gather(local["truncated"]).mean())
-      m["filter/kept_groups"] = float(all_valid.sum() // G)
-      m["filter/rounds"] = float(rounds)
-      m["time/sample_s"], m["time/score_s"], m["time/update_s"] = t_sample, t_score, t_update
-      m["time/step_s"] = time.time() - t0
-      m["memory/peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-      m["throughput/tokens_per_s"] = float(lengths.sum() * rounds) / max(t_sample, 1e-9)
-      done = step + 1 == cfg.train.steps
-      if cfg.train.eval_every and ((step + 1) % cfg.train.eval_every == 0 or done):
-        m.update(evaluate(cfg, graphdef, state.params, tok, scorer, eval_rows, place,
-                          eval_settings, eval_key))
-      if (step + 1) % cfg.train.log_every == 0 or done or any(k.startswith("eval/") for k in m):
-        last = writer.write(step + 1, m)
-      if progress is not None:
-        progress.update(1)
-        progress.set_postfix({n[:12]: f"{m[f'reward/{n}/mean']:.3f}" for n in scorer.names},
-                             refresh=False)
-      if (cfg.train.ckpt_every and (step + 1) % cfg.train.ckpt_every == 0) or done or stop.requested:
-        target = {"train": state, "ref": ref_params} if sync_ref else {"train": state}
-        ckpt.save(step + 1, target, it.get_state(), {"step": step + 1})
+      step_start = time.time()
+      key = jax.random.fold_in(run.base_key, step)
+      groups = collect_groups(run, state.params, ref_params, key)
+      batch = build_batch(run, groups)
+      adv = compute_advantages(run, batch)
+      logprobs = reference_and_old_logprobs(run, batch, groups, state.params, ref_params)
+      state, updates = run_updates(run, state, update_batch(run, batch, adv, logprobs), key)
+      ref_params = synced_reference(run, step, state, ref_params)
+      metrics = step_metrics(run, groups, batch, adv, updates, step_start)
+      last = log_eval_checkpoint(run, out, step, metrics, state, ref_params, stop) or last
       if stop.requested:
         break
-  ckpt.close()
-  scorer.close()
-  if progress is not None:
-    progress.close()
-  writer.close()
-  export = cfg.train.export_hf and not stop.requested
-  # Every process takes part in gathering the sharded params; process 0 writes.
-  host_params = place.fetch(state.params) if export else None
-  if main and not stop.requested:
-    if export:
-      hf_io.save_hf(os.path.join(workdir, "hf"), policy.cfg, host_params, tokenizer=tok)
-    keys = ([f"reward/{n}/mean" for n in scorer.names] + [f"eval/{n}" for n in scorer.names]
-            + ["completion/length_mean", "loss"])
-    plot_curves(read_jsonl(writer.path), keys, os.path.join(workdir, "rewards.png"),
-                title=f"{cfg.advantage.estimator} on {cfg.data.task}")
-  if stop.requested:
-    logging.warning("RL stopped by a signal after %.1f s; the checkpoint in %s resumes it.",
-                    time.time() - t_run, workdir)
-  else:
-    logging.info("RL finished in %.1f s", time.time() - t_run)
+  finish(run, workdir, out, state, stop.requested, time.time() - t_run)
   return last

@@ -5,7 +5,7 @@
 
 `batch` is a dict of arrays for one minibatch:
     tokens [n, P+C], attn_mask [n, P+C], loss_mask [n, C], adv [n] or [n, C],
-    old_logp [n, C], sample_logp [n, C], ref_logp [n, C], correct [n], lengths [n]
+    old_logp [n, C], sample_logp [n, C], ref_logp [n, C], correct [n], group [n], lengths [n]
 """
 from __future__ import annotations
 

@@ -20,7 +20,8 @@ import random
 import re
 from typing import Any
 
-from rlx.data.tasks.base import TASKS, Task, as_random, column, completion_text
+from rlx.data.tasks.base import TASKS, Task, as_random
+from rlx.rewards.rules import completion_text, get_column
 from rlx.rewards.registry import REWARD_FNS
 
 _ANSWER_RE = re.compile(r"Answer:[ \t]*(-?\d+)")
@@ -59,7 +60,7 @@ def _correct_one(text: str, answer: Any) -> float:
 def correct_reward(prompts, completions, **columns) -> list[float | None]:
   """1 if the last 'Answer: <int>' equals column 'answer'."""
   del prompts
-  answers = column(columns, "answer", len(completions), "arith/correct")
+  answers = get_column(columns, "answer", len(completions), "arith/correct")
   return [None if a is None else _correct_one(completion_text(c), a)
           for c, a in zip(completions, answers)]
 
@@ -68,7 +69,7 @@ def correct_reward(prompts, completions, **columns) -> list[float | None]:
 def length_reward(prompts, completions, **columns) -> list[float | None]:
   """1 if the completion has at most column 'max_len' characters."""
   del prompts
-  limits = column(columns, "max_len", len(completions), "arith/length")
+  limits = get_column(columns, "max_len", len(completions), "arith/length")
   return [None if m is None else float(len(completion_text(c)) <= int(m))
           for c, m in zip(completions, limits)]
 

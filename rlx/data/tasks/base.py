@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -39,29 +39,6 @@ def as_random(rng: random.Random | np.random.Generator | int | None) -> random.R
   if isinstance(rng, np.random.Generator):
     return random.Random(int(rng.integers(0, 2**63 - 1)))
   return random.Random(rng)
-
-
-def completion_text(completion: Any) -> str:
-  """Text of a completion: a string, or TRL's conversational [{'content': ...}]."""
-  if isinstance(completion, str):
-    return completion
-  if isinstance(completion, dict):
-    return str(completion.get("content", ""))
-  if isinstance(completion, (list, tuple)) and completion:
-    return completion_text(completion[-1])
-  return ""
-
-
-def column(columns: dict[str, Any], name: str, n: int, fn_name: str) -> Sequence[Any]:
-  """Column `name` of a reward call, checked to hold one value per completion."""
-  if name not in columns:
-    raise KeyError(f"Reward {fn_name!r} needs the dataset column {name!r}; got "
-                   f"columns {sorted(columns)}.")
-  values = columns[name]
-  if len(values) != n:
-    raise ValueError(f"Reward {fn_name!r}: column {name!r} has {len(values)} "
-                     f"values for {n} completions.")
-  return values
 
 
 class Task:

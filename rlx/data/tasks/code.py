@@ -29,7 +29,8 @@ import sys
 import tempfile
 from typing import Any, Callable, Sequence
 
-from rlx.data.tasks.base import TASKS, Task, as_random, column, completion_text
+from rlx.data.tasks.base import TASKS, Task, as_random
+from rlx.rewards.rules import completion_text, get_column
 from rlx.rewards.registry import REWARD_FNS
 
 _RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_code_runner.py")
@@ -169,7 +170,7 @@ def run_tests(programs: Sequence[str], tests_json: Sequence[str]) -> list[dict[s
 
 
 def _results(completions, columns, fn_name):
-  tests = column(columns, "tests", len(completions), fn_name)
+  tests = get_column(columns, "tests", len(completions), fn_name)
   idx = [i for i, t in enumerate(tests) if t is not None]
   progs = [extract_program(completion_text(completions[i])) for i in idx]
   tjson = [tests[i] if isinstance(tests[i], str) else json.dumps(tests[i]) for i in idx]

@@ -14,7 +14,7 @@ built-in `code` task has pass rate and bug flag; these add the limit:
 from __future__ import annotations
 
 from rlx.data.tasks import code
-from rlx.data.tasks.base import column, completion_text
+from rlx.rewards.rules import completion_text, get_column
 from rlx.rewards.registry import REWARD_FNS
 
 CODE_MAX_LEN = 32  # chars; ~75% of the task's reference programs fit.
@@ -25,7 +25,7 @@ def code_length_reward(prompts, completions, *, max_len: int = CODE_MAX_LEN,
                        **columns) -> list[float | None]:
   """1 if the completion has at most `max_len` characters (None without tests)."""
   del prompts
-  tests = column(columns, "tests", len(completions), "code/length")
+  tests = get_column(columns, "tests", len(completions), "code/length")
   return [None if t is None else float(len(completion_text(c)) <= int(max_len))
           for c, t in zip(completions, tests)]
 

@@ -27,7 +27,8 @@ import random
 import re
 from typing import Any
 
-from rlx.data.tasks.base import TASKS, Task, as_random, column, completion_text
+from rlx.data.tasks.base import TASKS, Task, as_random
+from rlx.rewards.rules import completion_text, get_column
 from rlx.rewards.registry import REWARD_FNS
 
 CITIES = ("Paris", "Rome", "Oslo", "Lima", "Cairo", "Tokyo", "Delhi", "Quito",
@@ -154,7 +155,7 @@ def format_reward(prompts, completions, **columns) -> list[float | None]:
 def correct_reward(prompts, completions, **columns) -> list[float | None]:
   """(name match) * (1 + Jaccard(keys) + share of exact values) / 3; column 'answer'."""
   del prompts
-  answers = column(columns, "answer", len(completions), "toolcall/correct")
+  answers = get_column(columns, "answer", len(completions), "toolcall/correct")
   return [None if a is None else correct_reward_one(completion_text(c), _answer(a))
           for c, a in zip(completions, answers)]
 
