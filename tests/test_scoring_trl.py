@@ -138,3 +138,45 @@ def test_rlx_columns_receive_dataset_columns_only():
   r, _ = scorer(["p"], ["c"], {"answer": ["1"]}, step=3)
   assert set(seen) == {"answer"} and r[0, 1] == 3
   scorer.close()
+
+
+def test_trainer_passes_step_completion_ids_and_logged_metrics(tmp_path):
+  """Through train_rl: trainer_state.global_step is the RL step, completion_ids
+  are the sampled tokens, and log_metric values land in metrics.jsonl."""
+  import json
+  import os
+
+  from rlx.data import TASKS
+  from rlx.rewards.registry import REWARD_FNS
+  from rlx.train.config import load_config
+  from rlx.train.metrics import read_jsonl
+  from rlx.train.rl import train_rl
+
+  seen = []
+
+  @REWARD_FNS.register("test/trl_style", overwrite=True)
+  def trl_style(completions, completion_ids, trainer_state, log_metric, **kwargs):
+    seen.append((trainer_state.global_step, trainer_state.max_steps, completion_ids))
+    log_metric("ids_per_completion", float(np.mean([len(i) for i in completion_ids])))
+    return [float(len(i) % 3) for i in completion_ids]
+
+  rows = TASKS.get("arith")().make_examples(seed=0, n=16)
+  data = tmp_path / "arith.jsonl"
+  data.write_text("".join(json.dumps({k: r[k] for k in ("prompt", "answer", "max_len")}) + "\n"
+                          for r in rows))
+  root = os.path.dirname(os.path.abspath(__file__))
+  cfg = load_config(os.path.join(root, "configs", "tiny_rl.py"), f"data={data},steps=2")
+  cfg.rewards = {"correct": {"fn": "arith/correct", "weight": 1.0},
+                 "trl": {"fn": "test/trl_style", "weight": 1.0}}
+  cfg.train.eval_every = 0
+  cfg.train.export_hf = False
+  train_rl(cfg, str(tmp_path / "run"))
+  steps = [s for s, _, _ in seen]
+  assert steps == [0, 1] and all(m == 2 for _, m, _ in seen)
+  ids = seen[-1][2]
+  assert len(ids) == 8 and all(isinstance(i, list) and 1 <= len(i) <= 12 for i in ids)
+  logged = [r["reward/trl/ids_per_completion"] for r in read_jsonl(str(tmp_path / "run" /
+                                                                       "metrics.jsonl"))
+            if "reward/trl/ids_per_completion" in r]
+  assert len(logged) == 2
+  np.testing.assert_allclose(logged[-1], np.mean([len(i) for i in ids]), rtol=1e-6)

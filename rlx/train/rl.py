@@ -42,7 +42,7 @@ from rlx.train.checkpoint import Checkpointer
 from rlx.train.metrics import MetricsWriter, plot_curves, read_jsonl
 from rlx.train.optim import make_optimizer
 from rlx.train.placement import Placement
-from rlx.train.scoring import Scorer, build_rewards
+from rlx.train.scoring import Scorer, build_rewards, completion_id_lists
 
 # `sampling.sample` under jit: its host-side prompt check reads the mask, which
 # a multi-process (non process-local) global array does not allow; prompts from
@@ -210,7 +210,8 @@ def setup_run(cfg, workdir: str, init_checkpoint: str | None
   updates_per_step = cfg.train.epochs * cfg.train.minibatches
   tx = make_optimizer(cfg.optim, cfg.train.steps * updates_per_step)
   state, ref_params = _initial_state(cfg, place, policy, tx)
-  scorer = Scorer(build_rewards(cfg.rewards), threads=cfg.reward_threads, errors=cfg.reward_errors)
+  scorer = Scorer(build_rewards(cfg.rewards), threads=cfg.reward_threads, errors=cfg.reward_errors,
+                  max_steps=cfg.train.steps)
   train_rows = common.load_rows(cfg, "train", cfg.data.num_train)
   # Every process reads the whole global batch (prompt rows are small) and
   # keeps its rows `mine`: the batch's row order, hence the samples, and the
@@ -274,7 +275,9 @@ def evaluate(run: RLRun, params: Any) -> dict[str, float]:
                       jax.random.fold_in(run.eval_key, start), run.eval_settings)
     rollout = place.to_local(rollout)
     texts = sampling.decode_completions(tok, rollout)
-    r, _ = run.scorer([r["prompt"] for r in local], texts, reward_columns(local))
+    r, _ = run.scorer([r["prompt"] for r in local], texts, reward_columns(local),
+                      completion_ids=completion_id_lists(rollout.completion_tokens,
+                                                         rollout.completion_mask))
     real = np.arange(mine.start, mine.stop) < n_real
     rewards.append(place.gather(np.where(real[:, None], r, np.nan)))
     lengths.append(place.gather(np.where(real, rollout.completion_lengths, -1)))
@@ -307,7 +310,7 @@ class CollectedGroups:
   ref_logprobs_NC: jax.Array | None    # reference log-probs dispatched during scoring
 
 
-def _sample_round(run: RLRun, params: Any, ref_params: Any, key: jax.Array):
+def _sample_round(run: RLRun, params: Any, ref_params: Any, key: jax.Array, step: int):
   """One round: sample this step's next prompt batch, decode and score this
   process's rows. Returns (rollout (local), rewards_NK, score metrics,
   reference log-probs or None, sample seconds, score seconds)."""
@@ -325,8 +328,10 @@ def _sample_round(run: RLRun, params: Any, ref_params: Any, key: jax.Array):
   rollout = run.place.to_local(rollout)
   texts = sampling.decode_completions(run.policy.tokenizer, rollout)
   sample_s, t = time.time() - t, time.time()
-  rewards_NK, score_m = run.scorer([p for p in prompts for _ in range(run.group_size)], texts,
-                                   reward_columns(rows, run.group_size))
+  rewards_NK, score_m = run.scorer(
+      [p for p in prompts for _ in range(run.group_size)], texts,
+      reward_columns(rows, run.group_size), step=step,
+      completion_ids=completion_id_lists(rollout.completion_tokens, rollout.completion_mask))
   return rollout, rewards_NK, score_m, ref_logprobs, sample_s, time.time() - t
 
 
@@ -346,14 +351,16 @@ def _split_groups(run: RLRun, rollout: sampling.Rollout, rewards_NK: np.ndarray)
           for b in range(run.local_groups)]
 
 
-def collect_groups(run: RLRun, params: Any, ref_params: Any, key: jax.Array) -> CollectedGroups:
+def collect_groups(run: RLRun, params: Any, ref_params: Any, key: jax.Array,
+                   step: int) -> CollectedGroups:
   """Samples and scores prompt groups; with a filter, samples again (up to
   config.filter.max_rounds more rounds) while any process has fewer kept
-  groups than its share of the batch."""
+  groups than its share of the batch. Scorer counts (missing, raised) add
+  up over rounds and processes; values that rewards log are averaged."""
   out = CollectedGroups([], [], 0, {}, 0.0, 0.0, None)
   while True:
     rollout, rewards_NK, score_m, ref_logprobs, sample_s, score_s = _sample_round(
-        run, params, ref_params, jax.random.fold_in(key, out.rounds))
+        run, params, ref_params, jax.random.fold_in(key, out.rounds), step)
     out.ref_logprobs_NC = ref_logprobs
     out.sample_s += sample_s
     out.score_s += score_s
@@ -371,7 +378,13 @@ def collect_groups(run: RLRun, params: Any, ref_params: Any, key: jax.Array) -> 
     total = run.place.sum_over_processes(
         np.asarray([out.score_metrics[k] for k in names], np.float32))
     out.score_metrics = dict(zip(names, total.tolist()))
+  shares = jax.process_count() * out.rounds
+  out.score_metrics = {k: v if _is_count(k) else v / shares for k, v in out.score_metrics.items()}
   return out
+
+
+def _is_count(metric: str) -> bool:
+  return metric.endswith(("/missing", "/raised"))
 
 
 # ---- stage 2: the step's batch --------------------------------------------------
@@ -648,7 +661,7 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
     for step in range(start, cfg.train.steps):
       step_start = time.time()
       key = jax.random.fold_in(run.base_key, step)
-      groups = collect_groups(run, state.params, ref_params, key)
+      groups = collect_groups(run, state.params, ref_params, key, step)
       batch = build_batch(run, groups)
       adv = compute_advantages(run, batch)
       logprobs = reference_and_old_logprobs(run, batch, groups, state.params, ref_params)
