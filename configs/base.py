@@ -65,6 +65,14 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.advantage = mlc.ConfigDict()
   c.advantage.estimator = "grpo"
   c.advantage.options = mlc.ConfigDict()
+  # Reward transforms, applied in order to the batch before the estimator and the
+  # filter: [{"name": "conditioned", "target": "length", "condition": "correct"}, ...]
+  # (names and options: docs/methods.md section 2).
+  c.advantage.transforms = []
+  # Estimator inputs and transform extras from data columns, {input: column}:
+  # task_ids_N (TMN), agent_ids_N (Dr. MAS), or a transform's extras key
+  # (e.g. reference_levels_GK for log_sigmoid, one value per prompt).
+  c.advantage.columns = mlc.ConfigDict()
 
   # Dynamic sampling: drop groups the filter rejects, re-sample up to
   # `max_rounds` extra rounds to fill the batch.

@@ -16,7 +16,7 @@ from hyp import examples
 
 from rlx.advantages import (ESTIMATORS, FILTERS, AdvantageInputs, apply_filter, compute_advantages,
                             fit_reference_stats)
-from rlx.rewards.transforms import TRANSFORMS, apply_transforms
+from rlx.advantages.transforms import TRANSFORMS, apply_transforms
 
 N, K, G, T, U, M = 12, 3, 4, 4, 3, 3
 GRID = [i / 8 for i in range(-16, 17)]            # dyadic: sums are exact in float32

@@ -10,7 +10,7 @@ def _registries():
   from rlx.data import TASKS
   from rlx.losses import LOSS_TERMS
   from rlx.rewards.registry import REWARD_FNS
-  from rlx.rewards.transforms import TRANSFORMS
+  from rlx.advantages.transforms import TRANSFORMS
   return [(ESTIMATORS, "gdpo", "eps=0.0001"), (FILTERS, "dapo", "tol=0.0"),
           (LOSS_TERMS, "kl", "coef, term, estimator='k3'"),
           (REWARD_FNS, "length_limit", "max_length="),

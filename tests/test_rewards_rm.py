@@ -127,7 +127,7 @@ def test_templates_and_truncation(ckpts):
 
 
 def test_ensemble_aggregate_hand_computed():
-  from rlx.rewards.transforms import ensemble_aggregate
+  from rlx.ensemble import ensemble_aggregate
   s_MN = np.array([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0], [2.0, 5.0, -1.0]], np.float32)
   agg = lambda s, *a, **k: np.asarray(ensemble_aggregate(np.asarray(s, np.float32).T, *a, **k))
   np.testing.assert_allclose(agg(s_MN, "mean"), [2.0, 3.0, 1.0])

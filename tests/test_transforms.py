@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rlx.advantages import AdvantageInputs
-from rlx.rewards import transforms as tr
+from rlx.advantages import transforms as tr
 
 
 def test_conditioned_reward():

@@ -111,7 +111,10 @@ class AdvantageInputs:
     """Returns an optional field or raises a clear error naming its user."""
     value = getattr(self, field)
     if value is None:
-      raise ValueError(f"{who} needs AdvantageInputs.{field}, which is None.")
+      where = (f"set config.advantage.columns.{field} to the data column that holds it"
+               if field in COLUMN_FIELDS else
+               "rlx's RL loop does not fill it; pass it to compute_advantages")
+      raise ValueError(f"{who} needs AdvantageInputs.{field}, which is None: {where}.")
     return value
 
 
@@ -120,3 +123,25 @@ jax.tree_util.register_dataclass(
     data_fields=[f.name for f in dataclasses.fields(AdvantageInputs)
                  if f.name != "reward_names"],
     meta_fields=["reward_names"])
+
+
+# Inputs the RL loop fills from data columns (config.advantage.columns).
+COLUMN_FIELDS = ("task_ids_N", "agent_ids_N")
+
+
+def column_inputs(columns: Mapping[str, Any], group_size: int
+                  ) -> tuple[dict[str, Array], dict[str, Array]]:
+  """Splits per-completion column arrays [N, ...] into AdvantageInputs fields
+  (COLUMN_FIELDS, as int32) and transform extras. An extras key whose shape
+  suffix starts with G (`reference_levels_GK`, `difficulty_scale_G`) is per
+  prompt group: every `group_size`-th row (rows of a group are adjacent)."""
+  fields, extras = {}, {}
+  for key, value in columns.items():
+    suffix = key.rsplit("_", 1)[-1]
+    if key in COLUMN_FIELDS:
+      fields[key] = jnp.asarray(value).astype(jnp.int32)
+    elif suffix.isupper() and suffix.startswith("G"):
+      extras[key] = value[::group_size]
+    else:
+      extras[key] = value
+  return fields, extras

@@ -44,7 +44,7 @@ from rlx.models import hf_io
 from rlx.rewards.registry import REWARD_FNS
 from rlx.registry import check_choice
 from rlx.rewards.rules import completion_text
-from rlx.rewards.transforms import ENSEMBLE_AGGREGATIONS, ensemble_aggregate
+from rlx.ensemble import ENSEMBLE_AGGREGATIONS, ensemble_aggregate
 
 logger = logging.getLogger(__name__)
 
@@ -357,7 +357,7 @@ def reward_model_ensemble(prompts: Sequence[Any], completions: Sequence[Any], *,
                           checkpoints: Sequence[str], aggregation: str = "mean",
                           lam: float = 1.0, **kw: Any) -> list[float]:
   """Aggregated score of several reward models (kw as for `reward_model`), by
-  `rlx.rewards.transforms.ensemble_aggregate` (a model's missing score is ignored)."""
+  `rlx.ensemble.ensemble_aggregate` (a model's missing score is ignored)."""
   check_choice(aggregation, ENSEMBLE_AGGREGATIONS, "aggregation", "reward_model_ensemble")
   if isinstance(checkpoints, (str, os.PathLike)) or not checkpoints:
     raise ValueError("reward_model_ensemble needs `checkpoints`: a list of reward-model dirs.")

@@ -10,7 +10,7 @@ import ml_collections as mlc
 from rlx.registry import check_choice
 
 # Keys whose values are free-form dicts, checked by the function they configure.
-FREE_FORM = ("advantage.options", "filter.options", "loss.terms", "rewards",
+FREE_FORM = ("advantage.options", "advantage.transforms", "advantage.columns", "filter.options", "loss.terms", "rewards",
              "data.fields", "data.task_options", "model.arch", "mesh.axes", "mesh.dcn_axes")
 
 
@@ -208,6 +208,8 @@ def check_names(cfg: mlc.ConfigDict) -> None:
     wrap("advantage.estimator", lambda: advantages.ESTIMATORS.get(cfg.advantage.estimator))
     wrap("advantage.options", lambda: advantages.ESTIMATORS.check_options(
         cfg.advantage.estimator, dict(cfg.advantage.options)))
+    for i, spec in enumerate(cfg.advantage.transforms):
+      wrap(f"advantage.transforms[{i}]", lambda: _check_transform(spec))
     if cfg.filter.name != "none":
       wrap("filter.name", lambda: advantages.FILTERS.get(cfg.filter.name))
       wrap("filter.options", lambda: advantages.FILTERS.check_options(
@@ -217,6 +219,22 @@ def check_names(cfg: mlc.ConfigDict) -> None:
     if cfg.loss.correct_reward:
       check_choice(cfg.loss.correct_reward, tuple(cfg.rewards.keys()), "loss.correct_reward",
                    "config")
+
+
+def _check_transform(spec: Any) -> None:
+  from rlx.advantages import TRANSFORMS
+  if not isinstance(spec, (dict, mlc.ConfigDict)) or "name" not in spec:
+    raise ValueError(f"a transform is {{'name': NAME, **options}}, got {spec!r}. "
+                     f"Valid names: {', '.join(TRANSFORMS.names())}.")
+  spec = dict(spec)
+  TRANSFORMS.check_options(spec.pop("name"), spec)
+
+
+def _placeholder_shape(key: str, n: int, g: int, k: int) -> tuple[int, ...]:
+  """Shape of a column input named with its shape suffix (N rows, G groups, K rewards)."""
+  suffix = key.rsplit("_", 1)[-1] if "_" in key else "N"
+  dims = {"N": n, "G": n, "K": k}   # per-group keys arrive one row per completion
+  return tuple(dims.get(c, 1) for c in suffix) if suffix.isupper() else (n,)
 
 
 def check_traced(cfg: mlc.ConfigDict) -> None:
@@ -229,10 +247,16 @@ def check_traced(cfg: mlc.ConfigDict) -> None:
   g, r, k = cfg.train.batch_prompts, cfg.sampling.group_size, len(cfg.rewards)
 
   def trace(rewards_NK):
+    columns = {key: jnp.zeros(_placeholder_shape(key, g * r, g, k),
+                              jnp.int32 if key in advantages.COLUMN_FIELDS else jnp.float32)
+               for key in cfg.advantage.columns}
+    fields, extras = advantages.column_inputs(columns, r)
     x = advantages.AdvantageInputs(
         rewards_NK=rewards_NK, group_ids_N=jnp.repeat(jnp.arange(g, dtype=jnp.int32), r),
         valid_N=jnp.ones((g * r,), bool), weights_K=jnp.ones((k,), jnp.float32),
-        lengths_N=jnp.zeros((g * r,), jnp.float32), reward_names=tuple(cfg.rewards.keys()))
+        lengths_N=jnp.zeros((g * r,), jnp.float32), reward_names=tuple(cfg.rewards.keys()),
+        extras=extras, **fields)
+    x = advantages.apply_transforms(x, [dict(t) for t in cfg.advantage.transforms])
     advantages.compute_advantages(cfg.advantage.estimator, x, g, **dict(cfg.advantage.options))
     if cfg.filter.name != "none":
       advantages.apply_filter(cfg.filter.name, x, g, **dict(cfg.filter.options))

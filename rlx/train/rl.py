@@ -90,6 +90,22 @@ def _settings(cfg, *, eval_mode: bool, tokenizer) -> sampling.SamplingSettings:
       max_new_tokens=s.max_new_tokens, group_size=s.group_size, **common_kw)
 
 
+def advantage_columns(cfg, rows: list[dict[str, Any]], repeat: int) -> dict[str, np.ndarray]:
+  """config.advantage.columns {input: data column} of prompt `rows` as arrays,
+  one row per completion (each prompt's value repeated `repeat` times)."""
+  out = {}
+  for name, column in dict(cfg.advantage.columns).items():
+    missing = [i for i, r in enumerate(rows) if column not in r]
+    if missing:
+      raise ValueError(f"config.advantage.columns.{name}: data column {column!r} is missing "
+                       f"in a prompt row (has: {', '.join(sorted(rows[missing[0]]))}).")
+    values = np.asarray([r[column] for r in rows])
+    if values.dtype.kind == "f":
+      values = values.astype(np.float32)
+    out[name] = np.repeat(values, repeat, axis=0)
+  return out
+
+
 def reward_columns(rows: list[dict[str, Any]], repeat: int = 1) -> dict[str, list]:
   """The reward functions' dataset columns (every field but the prompt) of
   prompt `rows`, each value repeated for the `repeat` completions of its prompt."""
@@ -104,8 +120,8 @@ class StageFns:
   """The jitted functions of a step (closed over the config)."""
   logprobs: Callable[..., Any]    # (params, tokens_NT, mask_NT) -> (logp_NC, entropy_NC)
   update: Callable[..., Any]      # (TrainState, batch dict) -> (TrainState, metrics); donated
-  advantages: Callable[..., Any]  # (rewards_NK, valid_N, lengths_N) -> (adv, diagnostics)
-  keep: Callable[..., Any] | None  # (rewards_NK, valid_N) -> keep_N; None: no filter
+  advantages: Callable[..., Any]  # (rewards_NK, valid_N, lengths_N, columns) -> (adv, diagnostics)
+  keep: Callable[..., Any] | None  # (rewards_NK, valid_N, columns) -> keep_N; None: no filter
 
 
 @dataclasses.dataclass
@@ -172,17 +188,22 @@ def _stage_fns(cfg, policy: common.Policy, tx, state: steps.TrainState, scorer: 
   prompt_len, chunk = cfg.data.max_prompt_len, cfg.model.logprob_chunk
   weights_K = jnp.asarray(scorer.weights)
 
-  def inputs(rewards_NK, valid_N, lengths_N=None):
-    return adv_lib.AdvantageInputs(
+  transforms = [dict(t) for t in cfg.advantage.transforms]
+
+  def inputs(rewards_NK, valid_N, columns, lengths_N=None):
+    """The batch's AdvantageInputs, with the configured columns and transforms."""
+    fields, extras = adv_lib.column_inputs(columns, cfg.sampling.group_size)
+    x = adv_lib.AdvantageInputs(
         rewards_NK=rewards_NK, group_ids_N=group_ids_N, valid_N=valid_N, weights_K=weights_K,
-        lengths_N=lengths_N, reward_names=scorer.names)
+        lengths_N=lengths_N, reward_names=scorer.names, extras=extras, **fields)
+    return adv_lib.apply_transforms(x, transforms)
 
   est_name, est_opts = cfg.advantage.estimator, dict(cfg.advantage.options)
   keep = None
   if cfg.filter.name != "none":
     filt_name, filt_opts = cfg.filter.name, dict(cfg.filter.options)
-    keep = jax.jit(lambda r, v: adv_lib.apply_filter(
-        filt_name, inputs(r, v), num_groups, **filt_opts)[0])
+    keep = jax.jit(lambda r, v, c: adv_lib.apply_filter(
+        filt_name, inputs(r, v, c), num_groups, **filt_opts)[0])
   return StageFns(
       logprobs=steps.make_logprobs_fn(policy.graphdef, prompt_len, cfg.sampling.temperature,
                                       chunk),
@@ -192,8 +213,8 @@ def _stage_fns(cfg, policy: common.Policy, tx, state: steps.TrainState, scorer: 
           max_len=cfg.sampling.max_new_tokens, num_groups=num_groups,
           state_shardings=jax.tree.map(lambda x: x.sharding, state),
           remat=False if cfg.model.remat == "none" else cfg.model.remat),
-      advantages=jax.jit(lambda r, v, ln: adv_lib.compute_advantages(
-          est_name, inputs(r, v, ln), num_groups, **est_opts)),
+      advantages=jax.jit(lambda r, v, ln, c: adv_lib.compute_advantages(
+          est_name, inputs(r, v, c, ln), num_groups, **est_opts)),
       keep=keep)
 
 
@@ -293,9 +314,11 @@ def evaluate(run: RLRun, params: Any) -> dict[str, float]:
 
 @dataclasses.dataclass
 class Group:
-  """One prompt's R completions (this process's NumPy rows) and their rewards."""
+  """One prompt's R completions (this process's NumPy rows), their rewards and
+  the data columns the advantage step reads (config.advantage.columns)."""
   rollout: sampling.Rollout  # fields [R, ...]
   rewards_RK: np.ndarray
+  columns_R: dict[str, np.ndarray]
 
 
 @dataclasses.dataclass
@@ -332,22 +355,26 @@ def _sample_round(run: RLRun, params: Any, ref_params: Any, key: jax.Array, step
       [p for p in prompts for _ in range(run.group_size)], texts,
       reward_columns(rows, run.group_size), step=step,
       completion_ids=completion_id_lists(rollout.completion_tokens, rollout.completion_mask))
-  return rollout, rewards_NK, score_m, ref_logprobs, sample_s, time.time() - t
+  columns_N = advantage_columns(run.cfg, rows, run.group_size)
+  return rollout, rewards_NK, columns_N, score_m, ref_logprobs, sample_s, time.time() - t
 
 
-def _kept_groups(run: RLRun, rewards_NK: np.ndarray) -> np.ndarray:
+def _kept_groups(run: RLRun, rewards_NK: np.ndarray, columns_N: dict) -> np.ndarray:
   """[local groups] bool: groups of this process that the filter keeps."""
   if run.fns.keep is None:
     return np.ones(run.local_groups, bool)
   n = run.num_completions
-  keep_N = run.place.to_local(run.fns.keep(run.place.to_global(rewards_NK, n),
-                                           jnp.ones((n,), bool)))
+  rewards, columns = run.place.to_global((rewards_NK, columns_N), n)
+  keep_N = run.place.to_local(run.fns.keep(rewards, jnp.ones((n,), bool), columns))
   return np.asarray(keep_N).reshape(run.local_groups, run.group_size).all(1)
 
 
-def _split_groups(run: RLRun, rollout: sampling.Rollout, rewards_NK: np.ndarray) -> list[Group]:
+def _split_groups(run: RLRun, rollout: sampling.Rollout, rewards_NK: np.ndarray,
+                  columns_N: dict) -> list[Group]:
   r = run.group_size
-  return [Group(jax.tree.map(lambda x: x[b * r:(b + 1) * r], rollout), rewards_NK[b * r:(b + 1) * r])
+  rows = lambda x, b: x[b * r:(b + 1) * r]
+  return [Group(jax.tree.map(lambda x: rows(x, b), rollout), rows(rewards_NK, b),
+                {k: rows(v, b) for k, v in columns_N.items()})
           for b in range(run.local_groups)]
 
 
@@ -359,15 +386,15 @@ def collect_groups(run: RLRun, params: Any, ref_params: Any, key: jax.Array,
   up over rounds and processes; values that rewards log are averaged."""
   out = CollectedGroups([], [], 0, {}, 0.0, 0.0, None)
   while True:
-    rollout, rewards_NK, score_m, ref_logprobs, sample_s, score_s = _sample_round(
+    rollout, rewards_NK, columns_N, score_m, ref_logprobs, sample_s, score_s = _sample_round(
         run, params, ref_params, jax.random.fold_in(key, out.rounds), step)
     out.ref_logprobs_NC = ref_logprobs
     out.sample_s += sample_s
     out.score_s += score_s
     for k, v in score_m.items():
       out.score_metrics[k] = out.score_metrics.get(k, 0.0) + v
-    keep_G = _kept_groups(run, rewards_NK)
-    for keep, group in zip(keep_G, _split_groups(run, rollout, rewards_NK)):
+    keep_G = _kept_groups(run, rewards_NK, columns_N)
+    for keep, group in zip(keep_G, _split_groups(run, rollout, rewards_NK, columns_N)):
       (out.kept if keep else out.dropped).append(group)
     out.rounds += 1
     short = run.place.gather(np.asarray([len(out.kept) < run.local_groups]))
@@ -402,6 +429,7 @@ class StepBatch:
   rewards_NK: jax.Array
   valid_N: jax.Array
   correct_N: jax.Array
+  columns_N: dict[str, jax.Array]    # config.advantage.columns, one row per completion
 
 
 def build_batch(run: RLRun, groups: CollectedGroups) -> StepBatch:
@@ -410,6 +438,7 @@ def build_batch(run: RLRun, groups: CollectedGroups) -> StepBatch:
   n_kept = min(len(groups.kept), run.local_groups)
   rollout = jax.tree.map(lambda *xs: np.concatenate(xs), *[g.rollout for g in chosen])
   rewards_NK = np.concatenate([g.rewards_RK for g in chosen])
+  columns_N = {k: np.concatenate([g.columns_R[k] for g in chosen]) for k in chosen[0].columns_R}
   valid_N = np.repeat(np.arange(run.local_groups) < n_kept, run.group_size)
   if run.correct_index >= 0:
     correct_N = (np.nan_to_num(rewards_NK[:, run.correct_index], nan=-np.inf)
@@ -417,11 +446,11 @@ def build_batch(run: RLRun, groups: CollectedGroups) -> StepBatch:
   else:
     correct_N = np.zeros(len(valid_N), bool)
   glob = run.place.to_global(
-      {"rollout": rollout, "rewards": rewards_NK, "valid": valid_N, "correct": correct_N},
-      run.num_completions)
+      {"rollout": rollout, "rewards": rewards_NK, "valid": valid_N, "correct": correct_N,
+       "columns": columns_N}, run.num_completions)
   return StepBatch(local_rollout=rollout, local_rewards_NK=rewards_NK, local_valid_N=valid_N,
                    rollout=glob["rollout"], rewards_NK=glob["rewards"], valid_N=glob["valid"],
-                   correct_N=glob["correct"])
+                   correct_N=glob["correct"], columns_N=glob["columns"])
 
 
 # ---- stage 3: advantages --------------------------------------------------------
@@ -435,7 +464,8 @@ class Advantages:
 
 def compute_advantages(run: RLRun, batch: StepBatch) -> Advantages:
   values, diagnostics = run.fns.advantages(
-      batch.rewards_NK, batch.valid_N, batch.rollout.completion_lengths.astype(jnp.float32))
+      batch.rewards_NK, batch.valid_N, batch.rollout.completion_lengths.astype(jnp.float32),
+      batch.columns_N)
   return Advantages(values, diagnostics)
 
 

@@ -1,7 +1,8 @@
 """Reward shaping before normalization (docs/methods.md section 2).
 
 Pure jnp functions, plus a registry TRANSFORMS of transforms on
-`AdvantageInputs` that a config composes by name:
+`AdvantageInputs` that a config composes by name (`config.advantage.transforms`,
+applied in the jitted advantage step before the estimator and the filter):
 
     specs = [{"name": "conditioned", "target": "length", "condition": "correct"},
              {"name": "overlong_penalty", "max_length": 4096, "cache_length": 512}]
@@ -10,7 +11,8 @@ Pure jnp functions, plus a registry TRANSFORMS of transforms on
 A registered transform is `fn(inputs, **options) -> inputs` (options
 keyword-only). Per-prompt data that a transform needs (reference rewards,
 confounders, difficulty scales) lives in `inputs.extras` under a key the
-transform names. Missing rewards (NaN) stay missing.
+transform names (in training: `config.advantage.columns`). Missing rewards (NaN)
+stay missing.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import jax.numpy as jnp
 from jax.scipy.stats import norm
 
 from rlx.advantages.inputs import AdvantageInputs
+from rlx.ensemble import ENSEMBLE_AGGREGATIONS, ensemble_aggregate  # noqa: F401
 from rlx.registry import Registry, check_choice
 
 Array = jax.Array
@@ -98,26 +101,6 @@ def calibration_transform(c: Array, mode: str = "identity", t: float = 1.0) -> A
   return c
 
 
-ENSEMBLE_AGGREGATIONS = ("mean", "median", "min", "mean_minus_std")
-
-
-def ensemble_aggregate(scores_NM: Array, method: str = "mean", lam: float = 1.0) -> Array:
-  """Aggregates M reward-model scores per completion [N, M] -> [N]: mean,
-  median, min or mean - lam * std (population std over the ensemble). The one
-  ensemble rule of rlx: a missing score (NaN) is ignored, so a completion gets
-  the aggregate of the models that scored it (NaN if none did)."""
-  check_choice(method, ENSEMBLE_AGGREGATIONS, "method", "ensemble_aggregate")
-  s = jnp.asarray(scores_NM)
-  if method == "median":
-    return jnp.nanmedian(s, axis=-1)
-  if method == "min":
-    return jnp.nanmin(s, axis=-1)
-  mean = jnp.nanmean(s, axis=-1)
-  if method == "mean":
-    return mean
-  return mean - lam * jnp.nanstd(s, axis=-1)
-
-
 def difficulty_scale(rewards: Array, scale: Array) -> Array:
   """GRPO-S difficulty scaling r <- s(x) r with a per-prompt (or per-row) scale."""
   return rewards * scale.reshape(scale.shape + (1,) * (rewards.ndim - scale.ndim))
@@ -174,8 +157,9 @@ def _columns(inputs: AdvantageInputs, columns: Sequence[int | str] | None) -> li
 
 def _extra(inputs: AdvantageInputs, key: str, who: str) -> Array:
   if key not in inputs.extras:
-    raise KeyError(f"{who} needs inputs.extras[{key!r}]; extras has: "
-                   f"{', '.join(sorted(inputs.extras)) or '(none)'}.")
+    raise KeyError(f"{who} needs inputs.extras[{key!r}] (in training: set "
+                   f"config.advantage.columns.{key} to the data column that holds it); "
+                   f"extras has: {', '.join(sorted(inputs.extras)) or '(none)'}.")
   return jnp.asarray(inputs.extras[key])
 
 

@@ -1,0 +1,80 @@
+"""Reward transforms and estimator inputs from the config, through the RL loop."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from rlx.data import TASKS
+from rlx.train.config import check_names, check_traced, load_config
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _config(tmp_path, **updates):
+  rows = TASKS.get("arith")().make_examples(seed=0, n=16)
+  data = tmp_path / "arith.jsonl"
+  data.write_text("".join(json.dumps(dict({k: r[k] for k in ("prompt", "answer", "max_len")},
+                                          task=i % 2)) + "\n" for i, r in enumerate(rows)))
+  cfg = load_config(os.path.join(ROOT, "configs", "tiny_rl.py"), f"data={data},steps=2")
+  cfg.rewards = {"correct": {"fn": "arith/correct", "weight": 1.0},
+                 "length": {"fn": "arith/length", "weight": 0.5}}
+  cfg.train.eval_every = 0
+  cfg.train.export_hf = False
+  for key, value in updates.items():
+    node = cfg
+    *path, last = key.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return cfg
+
+
+def test_transforms_and_task_column_run_in_the_loop(tmp_path):
+  from rlx.train.metrics import read_jsonl
+  from rlx.train.rl import train_rl
+  cfg = _config(tmp_path, **{
+      "advantage.estimator": "tmn_reweight",
+      "advantage.options": {"num_tasks": 2},
+      "advantage.columns": {"task_ids_N": "task"},
+      "advantage.transforms": [
+          {"name": "conditioned", "target": "length", "condition": "correct"},
+          {"name": "overlong_penalty", "max_length": 12, "cache_length": 4}]})
+  check_names(cfg)
+  check_traced(cfg)
+  train_rl(cfg, str(tmp_path / "run"))
+  rows = [r for r in read_jsonl(str(tmp_path / "run" / "metrics.jsonl")) if "loss" in r]
+  assert len(rows) == 2
+  assert all(np.isfinite(r["loss"]) and "estimator/mean_pass_rate" in r for r in rows)
+
+
+@pytest.mark.parametrize("updates, needle", [
+    ({"advantage.estimator": "agent_grouping", "advantage.options": {"num_agents": 2}},
+     "config.advantage.columns.agent_ids_N"),
+    ({"advantage.transforms": [{"name": "log_sigmoid"}]},
+     "config.advantage.columns.reference_levels_GK"),
+])
+def test_an_input_the_config_does_not_provide_fails_at_start_up(tmp_path, updates, needle):
+  cfg = _config(tmp_path, **updates)
+  check_names(cfg)
+  with pytest.raises((KeyError, ValueError)) as e:
+    check_traced(cfg)
+  assert needle in str(e.value)
+
+
+def test_columns_provide_the_inputs(tmp_path):
+  cfg = _config(tmp_path, **{
+      "advantage.estimator": "agent_grouping", "advantage.options": {"num_agents": 2},
+      "advantage.columns": {"agent_ids_N": "task", "reference_levels_GK": "levels"},
+      "advantage.transforms": [{"name": "log_sigmoid"}]})
+  check_traced(cfg)
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ({"name": "conditioned_typo"}, "Valid"), ({"name": "overlong_penalty", "max_len": 3}, "max_len"),
+    ("conditioned", "Valid names")])
+def test_bad_transform_specs_are_config_errors(tmp_path, spec, needle):
+  cfg = _config(tmp_path, **{"advantage.transforms": [spec]})
+  with pytest.raises((KeyError, ValueError, TypeError)) as e:
+    check_names(cfg)
+  assert "config.advantage.transforms[0]" in str(e.value) and needle in str(e.value)
