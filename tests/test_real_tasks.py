@@ -158,3 +158,53 @@ def test_bfcl_unreadable_rows_are_skipped_and_named(tmp_path, monkeypatch, caplo
                                   "simple_python_4"]
   assert task.data_metrics()["data/skipped"] == 3.0
   assert "skipped 3 unreadable" in caplog.text and "simple_python_4" in caplog.text
+
+
+def test_humaneval_canonical_solutions_pass_and_empty_is_a_bug():
+  task = get_task("humaneval")
+  rows = task.make_examples(0, 1000, "train") + task.make_examples(0, 1000, "test")
+  assert len(rows) == 164 and not task.skipped
+  cols = {k: [r[k] for r in rows] for k in ("test", "entry_point", "header")}
+  prompts = [r["prompt"] for r in rows]
+  solutions = [r["solution"] for r in rows]
+  assert REWARD_FNS.get("humaneval/pass_rate")(prompts, solutions, **cols) == [1.0] * 164
+  assert REWARD_FNS.get("humaneval/bug")(prompts, solutions, **cols) == [0.0] * 164
+  empty = [""] * 164
+  assert REWARD_FNS.get("humaneval/pass_rate")(prompts, empty, **cols) == [0.0] * 164
+  assert REWARD_FNS.get("humaneval/bug")(prompts, empty, **cols) == [1.0] * 164
+  # A wrong but running function fails its asserts without a bug flag.
+  wrong = [f"```python\n{r['header']}\ndef {r['entry_point']}(*args):\n    return None\n```"
+           for r in rows[:8]]
+  sub = {k: v[:8] for k, v in cols.items()}
+  assert REWARD_FNS.get("humaneval/pass_rate")(prompts[:8], wrong, **sub) == [0.0] * 8
+  assert REWARD_FNS.get("humaneval/bug")(prompts[:8], wrong, **sub) == [0.0] * 8
+  assert REWARD_FNS.get("humaneval/length")(prompts[:2], ["x" * 1200, "x" * 1201], **sub) == [1.0, 0.0]
+
+
+def test_reasoning_gym_correct_is_the_datasets_own_score():
+  import reasoning_gym
+  task = get_task("reasoning_gym", dataset="basic_arithmetic", config={"max_terms": 3})
+  train, test = task.make_examples(0, 40, "train"), task.make_examples(1, 20, "test")
+  assert len(train) == 40 and len(test) == 20
+  assert not {r["prompt"][1]["content"] for r in train} & {r["prompt"][1]["content"] for r in test}
+  assert [r["answer"] for r in task.make_examples(0, 40, "train")] == [r["answer"] for r in train]
+  ds = reasoning_gym.create_dataset("basic_arithmetic", seed=0, size=1, max_terms=3)
+  cols = {"rg": [r["rg"] for r in train]}
+  good = [f"<think>easy</think>\n<answer>{r['answer']}</answer>" for r in train]
+  off = [f"<think>x</think><answer>{r['answer']}1</answer> thanks" for r in train]
+  for texts in (good, off):
+    got = REWARD_FNS.get("reasoning_gym/correct")([None] * 40, texts, **cols)
+    want = [ds.score_answer(answer=reasoning_gym_answer(t), entry=r["rg"]["entry"])
+            for t, r in zip(texts, train)]
+    assert got == want
+  assert REWARD_FNS.get("reasoning_gym/correct")([None] * 40, good, **cols) == [1.0] * 40
+  assert sum(REWARD_FNS.get("reasoning_gym/correct")([None] * 40, off, **cols)) < 40
+  assert REWARD_FNS.get("reasoning_gym/correct")([None], ["no tags 3"], rg=cols["rg"][:1]) == [0.0]
+  assert REWARD_FNS.get("reasoning_gym/format")([None] * 2, [good[0], off[0]]) == [1.0, 0.0]
+  with pytest.raises(ValueError, match="unknown dataset 'nope'"):
+    get_task("reasoning_gym", dataset="nope")
+
+
+def reasoning_gym_answer(text):
+  from rlx.data.tasks.reasoning import extract_answer
+  return extract_answer(text)

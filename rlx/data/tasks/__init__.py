@@ -6,7 +6,7 @@ functions in `rlx.rewards.registry.REWARD_FNS` ("toolcall/format", ...).
 import inspect
 
 from rlx.data.tasks import arith, code, toolcall  # noqa: F401  (registration)
-from rlx.data.tasks import bfcl, humaneval, reasoning_gym  # noqa: F401  (real data)
+from rlx.data.tasks import bfcl, humaneval, reasoning  # noqa: F401  (real data)
 from rlx.data.tasks.base import SPLITS, TASKS, Task, split_of
 
 __all__ = ["TASKS", "SPLITS", "Task", "split_of", "get_task"]
