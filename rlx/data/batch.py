@@ -36,7 +36,7 @@ def _chat_ids(tokenizer: Any, messages: Sequence[dict[str, Any]]) -> list[int]:
   return [int(i) for i in ids]
 
 
-def _encode(tokenizer: Any, texts: Sequence[Any], add_special_tokens: bool) -> list[list[int]]:
+def encode_prompts(tokenizer: Any, texts: Sequence[Any], add_special_tokens: bool) -> list[list[int]]:
   """Ids of each prompt: a string (tokenized as is) or chat messages (templated)."""
   if not texts:
     return []
@@ -95,7 +95,7 @@ def tokenize_prompts(tokenizer: Any, prompts: Sequence[Any], max_prompt_len: int
   Returns:
     tokens_BP int32, mask_BP bool.
   """
-  seqs = _encode(tokenizer, prompts, add_special_tokens)
+  seqs = encode_prompts(tokenizer, prompts, add_special_tokens)
   too_long = [i for i, s in enumerate(seqs) if len(s) > max_prompt_len]
   if too_long:
     i = too_long[0]
@@ -138,8 +138,8 @@ def make_sft_batch(tokenizer: Any, prompts: Sequence[str], completions: Sequence
   eos = getattr(tokenizer, "eos_token_id", None)
   if eos is None:
     raise ValueError("make_sft_batch needs a tokenizer with an eos token.")
-  p_seqs = _encode(tokenizer, prompts, add_special_tokens)
-  c_seqs = [s + [int(eos)] for s in _encode(tokenizer, completions, False)]
+  p_seqs = encode_prompts(tokenizer, prompts, add_special_tokens)
+  c_seqs = [s + [int(eos)] for s in encode_prompts(tokenizer, completions, False)]
   rows, loss = [], []
   for i, (p, c) in enumerate(zip(p_seqs, c_seqs)):
     if len(p) + len(c) > max_len:

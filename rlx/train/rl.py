@@ -162,8 +162,9 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
 
   scorer = Scorer(build_rewards(cfg.rewards), threads=cfg.reward_threads, errors=cfg.reward_errors)
   weights = jnp.asarray(scorer.weights)
-  train_rows = common.load_rows(cfg, "train", cfg.data.num_train)
-  eval_rows = common.load_rows(cfg, "eval", cfg.data.num_eval)
+  data_m: dict[str, float] = {}  # row counts, written with step 0
+  train_rows = common.load_rows(cfg, "train", cfg.data.num_train, tokenizer=tok, stats=data_m)
+  eval_rows = common.load_rows(cfg, "eval", cfg.data.num_eval, tokenizer=tok, stats=data_m)
   # Every process reads the whole global batch (prompt rows are small) and
   # keeps its rows `mine_p`: the batch's row order, hence the samples, and the
   # iterator state do not depend on the number of processes.
@@ -225,8 +226,8 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
   with _Stop() as stop:  # installed first: a SIGTERM from here on saves and exits cleanly
     if start == 0 and cfg.train.eval_every:
       # Held-out rewards of the initial policy (step 0): the baseline RL must beat.
-      writer.write(0, evaluate(cfg, graphdef, state.params, tok, scorer, eval_rows, place,
-                               eval_settings, eval_key))
+      writer.write(0, {**data_m, **evaluate(cfg, graphdef, state.params, tok, scorer, eval_rows,
+                                            place, eval_settings, eval_key)})
     for step in range(start, cfg.train.steps):
       t0 = time.time()
       key = jax.random.fold_in(base_key, step)
