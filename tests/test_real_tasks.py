@@ -77,7 +77,8 @@ def _perturbations(out, functions):
 
 
 def _text(out):
-  return bfcl.OPEN + json.dumps([{"name": n, "arguments": a} for c in out for n, a in c.items()]) + bfcl.CLOSE
+  calls = [{"name": n, "arguments": a} for c in out for n, a in c.items()]
+  return bfcl.OPEN + json.dumps(calls) + bfcl.CLOSE
 
 
 def test_bfcl_correct_agrees_with_bfcl_ast_checker():
@@ -106,7 +107,8 @@ def test_bfcl_rewards_graded_and_format():
       "a": {"type": "integer"}, "b": {"type": "string"}}}}]
   gold = [{"f": {"a": [1], "b": ["x", ""]}}, {"f": {"a": [2], "b": [""]}}]
   cols = {"functions": [json.dumps(fns)] * 6, "ground_truth": [json.dumps(gold)] * 6}
-  calls = lambda *cs: bfcl.OPEN + json.dumps([{"name": "f", "arguments": c} for c in cs]) + bfcl.CLOSE
+  def calls(*cs):
+    return bfcl.OPEN + json.dumps([{"name": "f", "arguments": c} for c in cs]) + bfcl.CLOSE
   completions = [
       calls({"a": 2}, {"a": 1, "b": "X"}),       # both right, any order; case ignored
       calls({"a": 1}),                           # one call of two
@@ -178,7 +180,8 @@ def test_humaneval_canonical_solutions_pass_and_empty_is_a_bug():
   sub = {k: v[:8] for k, v in cols.items()}
   assert REWARD_FNS.get("humaneval/pass_rate")(prompts[:8], wrong, **sub) == [0.0] * 8
   assert REWARD_FNS.get("humaneval/bug")(prompts[:8], wrong, **sub) == [0.0] * 8
-  assert REWARD_FNS.get("humaneval/length")(prompts[:2], ["x" * 1200, "x" * 1201], **sub) == [1.0, 0.0]
+  length = REWARD_FNS.get("humaneval/length")
+  assert length(prompts[:2], ["x" * 1200, "x" * 1201], **sub) == [1.0, 0.0]
 
 
 def test_reasoning_gym_correct_is_the_datasets_own_score():

@@ -36,7 +36,8 @@ def _chat_ids(tokenizer: Any, messages: Sequence[dict[str, Any]]) -> list[int]:
   return [int(i) for i in ids]
 
 
-def encode_prompts(tokenizer: Any, texts: Sequence[Any], add_special_tokens: bool) -> list[list[int]]:
+def encode_prompts(tokenizer: Any, texts: Sequence[Any],
+                   add_special_tokens: bool) -> list[list[int]]:
   """Ids of each prompt: a string (tokenized as is) or chat messages (templated)."""
   if not texts:
     return []

@@ -77,13 +77,15 @@ def load_rows(cfg, split: str, n: int, *, tokenizer=None,
   """Prompt rows (dicts with 'prompt' and reward columns) for a split.
 
   With `tokenizer`, rows of a built-in task whose prompt has more than
-  config.data.max_prompt_len tokens are left out (named in the log). With
+  config.data.max_prompt_len tokens are left out (named in the log); a task
+  over a fixed dataset then fills the `n` rows from the rest of its split. With
   `stats`, the counts go there as metrics: data/{split}/rows,
   data/{split}/too_long and the task's own (`data_metrics()`, e.g.
   data/skipped: rows of the dataset that could not be read).
   """
   task = task_or_none(cfg)
-  rows = _load_rows(cfg, task, split, n)
+  finite = tokenizer is not None and hasattr(task, "problems")  # a fixed dataset: filter all
+  rows = _load_rows(cfg, task, split, 1 << 62 if finite else n)
   if tokenizer is not None and task is not None:
     from rlx.data.batch import encode_prompts
     lengths = [len(ids) for ids in encode_prompts(tokenizer, [r["prompt"] for r in rows], True)]
@@ -95,7 +97,10 @@ def load_rows(cfg, split: str, n: int, *, tokenizer=None,
     drop = set(long_)
     if stats is not None:
       stats[f"data/{split}/too_long"] = float(len(drop))
-    rows = [r for i, r in enumerate(rows) if i not in drop]
+    rows = [r for i, r in enumerate(rows) if i not in drop][:n]
+    if not rows:
+      raise ValueError(f"no {split} row of task {cfg.data.task!r} has a prompt within "
+                       f"config.data.max_prompt_len={cfg.data.max_prompt_len} tokens.")
   if stats is not None:
     stats[f"data/{split}/rows"] = float(len(rows))
     if task is not None and hasattr(task, "data_metrics"):

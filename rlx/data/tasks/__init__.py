@@ -1,4 +1,4 @@
-"""Built-in tasks: synthetic (toolcall, arith, code) and on real data (bfcl, humaneval, reasoning_gym).
+"""Built-in tasks: synthetic (toolcall, arith, code) and real data (bfcl, humaneval, reasoning_gym).
 
 Importing this package registers the tasks in `TASKS` and their reward
 functions in `rlx.rewards.registry.REWARD_FNS` ("toolcall/format", ...).

@@ -182,7 +182,7 @@ def accepted_value(value: Any, accepted: list[Any], param_doc: dict[str, Any]) -
                  and all(isinstance(v, dict) and _dict_ok(v, [a]) for v, a in zip(value, acc))
                  for acc in accepted if isinstance(acc, (list, str)))
     if want == str:
-      return standardize(value) in [standardize(a) for a in accepted if type(a) == str]  # pylint: disable=unidiomatic-typecheck
+      return standardize(value) in [standardize(a) for a in accepted if isinstance(a, str)]
     if want == list:
       # As BFCL: each accepted value is iterated ("" as the empty list).
       return [_std(v) for v in value] in [[_std(a) for a in acc] for acc in accepted
