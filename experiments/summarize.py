@@ -31,6 +31,7 @@ from rlx.train import metrics as metrics_lib  # noqa: E402
 # Constraint-violation rates: task -> [(label, reward name)]; rate = 1 - held-out mean.
 VIOLATIONS = {
     "toolcall": [("format failures", "format")],
+    "bfcl": [("format failures", "format")],
     "arith": [("over length limit", "length_ok")],
     "code": [("errors", "no_error"), ("over length limit", "length_ok")],
 }

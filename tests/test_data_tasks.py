@@ -25,7 +25,7 @@ def test_registries():
     assert name in REWARD_FNS
   for t in TASK_NAMES:
     assert all(k in REWARD_FNS for k in get_task(t).default_rewards)
-  with pytest.raises(KeyError, match="Valid choices: arith, code"):
+  with pytest.raises(KeyError, match="Valid choices: arith, bfcl, code, humaneval, reasoning_gym, toolcall"):
     get_task("toolcal")
   with pytest.raises(ValueError, match="valid choices: train, test"):
     get_task("arith").make_examples(0, 3, "valid")

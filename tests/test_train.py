@@ -69,7 +69,9 @@ def uninterrupted(tmp_path_factory, data_file):
 def test_run_writes_metrics_checkpoints_and_export(uninterrupted):
   rows = _metrics(uninterrupted)
   assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
-  assert set(rows[0]) == {"step", "eval/correct", "eval/length", "eval/flaky", "eval/completion_length"}  # initial policy
+  assert set(rows[0]) == {"step", "eval/correct", "eval/length", "eval/flaky", "eval/completion_length",
+                          "data/train/rows", "data/eval/rows"}  # initial policy; row counts
+  assert rows[0]["data/train/rows"] + rows[0]["data/eval/rows"] == 40  # 42 lines, 2 unreadable
   rows = rows[1:]
   for r in rows:
     assert 0.0 <= r["reward/correct/mean"] <= 1.0

@@ -22,11 +22,35 @@ def _pad_id(tokenizer: Any) -> int:
   return 0
 
 
-def _encode(tokenizer: Any, texts: Sequence[str], add_special_tokens: bool) -> list[list[int]]:
+def is_chat(prompt: Any) -> bool:
+  """True for a conversational prompt: a list of {'role', 'content'} messages."""
+  return isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) for m in prompt)
+
+
+def _chat_ids(tokenizer: Any, messages: Sequence[dict[str, Any]]) -> list[int]:
+  """Token ids of `messages` through the tokenizer's chat template, with the
+  assistant generation prompt, as `apply_chat_template(..., tokenize=True)`."""
+  ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+  if hasattr(ids, "keys"):
+    ids = ids["input_ids"]
+  return [int(i) for i in ids]
+
+
+def encode_prompts(tokenizer: Any, texts: Sequence[Any],
+                   add_special_tokens: bool) -> list[list[int]]:
+  """Ids of each prompt: a string (tokenized as is) or chat messages (templated)."""
   if not texts:
     return []
-  enc = tokenizer(list(texts), add_special_tokens=add_special_tokens)
-  return [list(ids) for ids in enc["input_ids"]]
+  strings = [i for i, t in enumerate(texts) if not is_chat(t)]
+  out: list[list[int]] = [[] for _ in texts]
+  if strings:
+    enc = tokenizer([texts[i] for i in strings], add_special_tokens=add_special_tokens)
+    for i, ids in zip(strings, enc["input_ids"]):
+      out[i] = list(ids)
+  for i, t in enumerate(texts):
+    if is_chat(t):
+      out[i] = _chat_ids(tokenizer, t)
+  return out
 
 
 def left_pad(seqs: Sequence[Sequence[int]], length: int,
@@ -51,32 +75,35 @@ def bucket_length(n: int, buckets: Sequence[int]) -> int:
   raise ValueError(f"Length {n} exceeds the largest bucket {max(buckets)}.")
 
 
-def tokenize_prompts(tokenizer: Any, prompts: Sequence[str], max_prompt_len: int, *,
+def tokenize_prompts(tokenizer: Any, prompts: Sequence[Any], max_prompt_len: int, *,
                      truncate: bool = False, add_special_tokens: bool = True,
                      buckets: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Tokenizes and left-pads prompts to a static length.
 
   Args:
     tokenizer: a HF tokenizer (pad_token_id, else eos_token_id, pads).
-    prompts: B strings.
+    prompts: B strings, or chat message lists (TRL's conversational format:
+      [{'role': 'system' | 'user' | ..., 'content': str}, ...]), which go
+      through the tokenizer's chat template with the generation prompt.
     max_prompt_len: P, the padded length (and the limit).
     truncate: if False, a prompt longer than P raises ValueError; if True, it
       keeps its last P tokens (truncation from the left) and a warning is logged.
-    add_special_tokens: e.g. the tokenizer's <bos>.
+    add_special_tokens: e.g. the tokenizer's <bos> (string prompts only; the
+      chat template writes its own special tokens).
     buckets: if given, P is the smallest bucket >= the longest prompt
       (capped at max_prompt_len), so few distinct shapes reach jit.
 
   Returns:
     tokens_BP int32, mask_BP bool.
   """
-  seqs = _encode(tokenizer, prompts, add_special_tokens)
+  seqs = encode_prompts(tokenizer, prompts, add_special_tokens)
   too_long = [i for i, s in enumerate(seqs) if len(s) > max_prompt_len]
   if too_long:
     i = too_long[0]
     if not truncate:
       raise ValueError(
           f"{len(too_long)} prompt(s) exceed max_prompt_len={max_prompt_len} tokens "
-          f"(prompt {i} has {len(seqs[i])}: {prompts[i][:60]!r}...). Raise "
+          f"(prompt {i} has {len(seqs[i])}: {str(prompts[i])[:60]!r}...). Raise "
           f"max_prompt_len or pass truncate=True to keep the last tokens.")
     logger.warning("Truncating %d prompt(s) from the left to %d tokens.", len(too_long),
                    max_prompt_len)
@@ -112,8 +139,8 @@ def make_sft_batch(tokenizer: Any, prompts: Sequence[str], completions: Sequence
   eos = getattr(tokenizer, "eos_token_id", None)
   if eos is None:
     raise ValueError("make_sft_batch needs a tokenizer with an eos token.")
-  p_seqs = _encode(tokenizer, prompts, add_special_tokens)
-  c_seqs = [s + [int(eos)] for s in _encode(tokenizer, completions, False)]
+  p_seqs = encode_prompts(tokenizer, prompts, add_special_tokens)
+  c_seqs = [s + [int(eos)] for s in encode_prompts(tokenizer, completions, False)]
   rows, loss = [], []
   for i, (p, c) in enumerate(zip(p_seqs, c_seqs)):
     if len(p) + len(c) > max_len:

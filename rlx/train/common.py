@@ -72,15 +72,49 @@ def load_policy(cfg, workdir: str, *, checkpoint: str | None = None) -> Policy:
   return Policy(mcfg, graphdef, params, tok)
 
 
-def load_rows(cfg, split: str, n: int) -> list[dict]:
-  """Prompt rows (dicts with 'prompt' and reward columns) for a split."""
-  if cfg.data.task == "file":
+def load_rows(cfg, split: str, n: int, *, tokenizer=None,
+              stats: dict[str, float] | None = None) -> list[dict]:
+  """Prompt rows (dicts with 'prompt' and reward columns) for a split.
+
+  With `tokenizer`, rows of a built-in task whose prompt has more than
+  config.data.max_prompt_len tokens are left out (named in the log); a task
+  over a fixed dataset then fills the `n` rows from the rest of its split. With
+  `stats`, the counts go there as metrics: data/{split}/rows,
+  data/{split}/too_long and the task's own (`data_metrics()`, e.g.
+  data/skipped: rows of the dataset that could not be read).
+  """
+  task = task_or_none(cfg)
+  finite = tokenizer is not None and hasattr(task, "problems")  # a fixed dataset: filter all
+  rows = _load_rows(cfg, task, split, 1 << 62 if finite else n)
+  if tokenizer is not None and task is not None:
+    from rlx.data.batch import encode_prompts
+    lengths = [len(ids) for ids in encode_prompts(tokenizer, [r["prompt"] for r in rows], True)]
+    long_ = [i for i, ln in enumerate(lengths) if ln > cfg.data.max_prompt_len]
+    if long_:
+      logging.warning("%s %s: left out %d row(s) with prompts over max_prompt_len=%d tokens: %s",
+                      cfg.data.task, split, len(long_), cfg.data.max_prompt_len,
+                      ", ".join(str(rows[i].get("id", i)) for i in long_[:20]))
+    drop = set(long_)
+    if stats is not None:
+      stats[f"data/{split}/too_long"] = float(len(drop))
+    rows = [r for i, r in enumerate(rows) if i not in drop][:n]
+    if not rows:
+      raise ValueError(f"no {split} row of task {cfg.data.task!r} has a prompt within "
+                       f"config.data.max_prompt_len={cfg.data.max_prompt_len} tokens.")
+  if stats is not None:
+    stats[f"data/{split}/rows"] = float(len(rows))
+    if task is not None and hasattr(task, "data_metrics"):
+      stats.update(task.data_metrics())
+  return rows
+
+
+def _load_rows(cfg, task, split: str, n: int) -> list[dict]:
+  if task is None:
     from rlx.data import load_rows as load_file_rows
     rows = load_file_rows(cfg.data.path, fields=dict(cfg.data.fields) or None)
     if split == "eval":
       return rows[-min(n, max(1, len(rows) // 10)):]
     return rows[: len(rows) - min(cfg.data.num_eval, max(1, len(rows) // 10))] or rows
-  task = task_or_none(cfg)
   seed = cfg.seed if split == "train" else cfg.seed + 1
   return task.make_examples(seed=seed, n=n, split="train" if split == "train" else "test")
 

@@ -133,6 +133,7 @@ class RLRun:
   scorer: Scorer
   prompts: Any                # the resumable prompt-row iterator (global batches)
   eval_rows: list[dict]
+  data_metrics: dict[str, float]  # row counts (read, skipped, too long), written with step 0
   fns: StageFns
   sample_settings: sampling.SamplingSettings
   eval_settings: sampling.SamplingSettings
@@ -233,7 +234,12 @@ def setup_run(cfg, workdir: str, init_checkpoint: str | None
   state, ref_params = _initial_state(cfg, place, policy, tx)
   scorer = Scorer(build_rewards(cfg.rewards), threads=cfg.reward_threads, errors=cfg.reward_errors,
                   max_steps=cfg.train.steps)
-  train_rows = common.load_rows(cfg, "train", cfg.data.num_train)
+  data_metrics: dict[str, float] = {}
+  tok = policy.tokenizer
+  train_rows = common.load_rows(cfg, "train", cfg.data.num_train, tokenizer=tok,
+                                stats=data_metrics)
+  eval_rows = common.load_rows(cfg, "eval", cfg.data.num_eval, tokenizer=tok,
+                               stats=data_metrics)
   # Every process reads the whole global batch (prompt rows are small) and
   # keeps its rows `mine`: the batch's row order, hence the samples, and the
   # iterator state do not depend on the number of processes.
@@ -246,7 +252,7 @@ def setup_run(cfg, workdir: str, init_checkpoint: str | None
   base_key = jax.random.PRNGKey(cfg.seed)
   run = RLRun(
       cfg=cfg, place=place, policy=policy, scorer=scorer, prompts=prompts,
-      eval_rows=common.load_rows(cfg, "eval", cfg.data.num_eval),
+      eval_rows=eval_rows, data_metrics=data_metrics,
       fns=_stage_fns(cfg, policy, tx, state, scorer, detached_old, group_ids_N),
       sample_settings=_settings(cfg, eval_mode=False, tokenizer=policy.tokenizer),
       eval_settings=_settings(cfg, eval_mode=True, tokenizer=policy.tokenizer),
@@ -686,7 +692,7 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
   t_run = time.time()
   with _Stop() as stop:  # installed first: a SIGTERM from here on saves and exits cleanly
     if start == 0 and cfg.train.eval_every:  # the initial policy: the baseline RL must beat
-      initial = writer.write(0, evaluate(run, state.params))
+      initial = writer.write(0, {**run.data_metrics, **evaluate(run, state.params)})
       out.say(eval_line(0, initial, run.scorer.names))
     for step in range(start, cfg.train.steps):
       step_start = time.time()
