@@ -224,7 +224,7 @@ def test_rewards_equal_up_to_rounding_give_zero(b):
   big = members & b["valid"] & (np.bincount(b["groups"][b["valid"]], minlength=G)[b["groups"]] > 1)
   for variant in VARIANTS:
     name = estimator_of(variant)
-    if name in ("reinforce_batch", "gdpo", "lightningrl", "mapo", "reference_frozen",
+    if name in ("reinforce_batch", "gdpo", "gd2po", "lightningrl", "mapo", "reference_frozen",
                 "pref_grpo") or variant in ("per_reward_mixed", "per_reward_eps0"):
       continue   # batch- or reference-relative, or not a function of the rewards
     a = np.asarray(adv_fn(variant)(inputs)[0])

@@ -44,7 +44,8 @@ import os
 import re
 from typing import Any, Sequence
 
-from rlx.data.tasks.base import TASKS, column, completion_text
+from rlx.data.tasks.base import TASKS
+from rlx.rewards.rules import completion_text, get_column
 from rlx.data.tasks.dataset import DatasetTask, Filtered, file_records, package_dir
 from rlx.rewards.registry import REWARD_FNS
 from rlx.rewards.toolcall import match_score
@@ -244,8 +245,8 @@ def format_reward(prompts, completions, **columns) -> list[float | None]:
 def correct_reward(prompts, completions, **columns) -> list[float | None]:
   """Graded BFCL AST correctness in [0, 1]; columns 'functions', 'ground_truth'."""
   del prompts
-  fns = column(columns, "functions", len(completions), "bfcl/correct")
-  gts = column(columns, "ground_truth", len(completions), "bfcl/correct")
+  fns = get_column(columns, "functions", len(completions), "bfcl/correct")
+  gts = get_column(columns, "ground_truth", len(completions), "bfcl/correct")
   return [None if f is None or g is None else
           correct_score(parse_calls(completion_text(c)), _loads(f), _loads(g))
           for c, f, g in zip(completions, fns, gts)]

@@ -28,7 +28,8 @@ import os
 import re
 from typing import Any
 
-from rlx.data.tasks.base import TASKS, column, completion_text
+from rlx.data.tasks.base import TASKS
+from rlx.rewards.rules import completion_text, get_column
 from rlx.data.tasks.dataset import DatasetTask, package_dir
 from rlx.rewards import code as code_rewards
 from rlx.rewards.registry import REWARD_FNS
@@ -52,9 +53,9 @@ def program(completion: str, head: str) -> str:
 
 def _reports(completions, columns, fn_name):
   n = len(completions)
-  tests = column(columns, "test", n, fn_name)
-  entries = column(columns, "entry_point", n, fn_name)
-  heads = column(columns, "header", n, fn_name)
+  tests = get_column(columns, "test", n, fn_name)
+  entries = get_column(columns, "entry_point", n, fn_name)
+  heads = get_column(columns, "header", n, fn_name)
   idx = [i for i in range(n) if tests[i] is not None]
   reports = code_rewards.evaluate_programs(
       [program(completion_text(completions[i]), heads[i]) for i in idx],

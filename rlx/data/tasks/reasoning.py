@@ -30,7 +30,8 @@ import logging
 import re
 from typing import Any
 
-from rlx.data.tasks.base import SPLITS, TASKS, Task, column, completion_text, split_of
+from rlx.data.tasks.base import SPLITS, TASKS, Task, split_of
+from rlx.rewards.rules import completion_text, get_column
 from rlx.rewards.registry import REWARD_FNS
 
 SYSTEM_PROMPT = ("Think about the problem step by step inside <think> </think>, then give "
@@ -72,7 +73,7 @@ def correct_score(text: str, rg: dict[str, Any]) -> float:
 def correct_reward(prompts, completions, **columns) -> list[float | None]:
   """The dataset's own score of the last <answer>...</answer>; column 'rg'."""
   del prompts
-  rgs = column(columns, "rg", len(completions), "reasoning_gym/correct")
+  rgs = get_column(columns, "rg", len(completions), "reasoning_gym/correct")
   return [None if r is None else correct_score(completion_text(c), r)
           for c, r in zip(completions, rgs)]
 
