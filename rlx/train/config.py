@@ -132,6 +132,7 @@ def validate(cfg: mlc.ConfigDict) -> None:
       rm.startswith("last:") and rm[5:].isdigit() and int(rm[5:]) > 0):
     check_choice(rm, ("policy", "local", "last:N", "replicated"), "mesh.reward_models", "config")
   check_choice(cfg.model.remat, ("none", "full", "dots"), "model.remat", "config")
+  _check_attention(cfg)
   check_choice(cfg.ref.source, ("initial", "checkpoint", "none"), "ref.source", "config")
   if cfg.ref.source == "checkpoint" and not cfg.ref.checkpoint:
     raise ValueError("config.ref.source='checkpoint' needs config.ref.checkpoint.")
@@ -143,6 +144,24 @@ def validate(cfg: mlc.ConfigDict) -> None:
     if extra or "fn" not in r:
       raise ValueError(f"config.rewards.{name} must have keys fn, weight[, kwargs]; "
                        f"got {sorted(r.keys())}.")
+
+
+def _check_attention(cfg: mlc.ConfigDict) -> None:
+  """model.attention is a registered implementation; its blocks divide the
+  prompt and prompt + completion lengths they exceed (blocks are capped)."""
+  from rlx.models.attention import ATTENTION
+  from rlx.train.common import attention_blocks
+  check_choice(cfg.model.attention, ("auto", *ATTENTION.names()), "model.attention", "config")
+  P = cfg.data.max_prompt_len
+  lengths = {P, P + cfg.sampling.max_new_tokens}
+  if cfg.get("eval") is not None and cfg.eval.get("max_new_tokens", 0) > 0:
+    lengths.add(P + cfg.eval.max_new_tokens)
+  for name, b in zip(("block_q", "block_kv"), attention_blocks(cfg)):
+    bad = sorted(n for n in lengths if n > b and n % b)
+    if bad:
+      raise ValueError(f"config.model.attention_blocks: {name}={b} does not divide the sequence "
+                       f"length{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))}; valid "
+                       f"choices: a divisor of {', '.join(map(str, sorted(lengths)))} (or >= it).")
 
 
 def task_rewards(task: str, weights: dict[str, float] | None = None) -> mlc.ConfigDict:
