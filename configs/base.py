@@ -31,8 +31,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   # "dots" (keeps the matmul outputs).
   c.model.remat = "none"
   # Attention core: auto | dense | blockwise | cudnn | splash (rlx.models.attention),
-  # and its query/key block sizes 'N' or 'NQ,NKV' (each must divide the
-  # prompt and prompt + completion lengths it exceeds).
+  # and its query/key block sizes 'N' or 'NQ,NKV' (blockwise pads a longer
+  # length up to a multiple of its block; splash runs when lengths are multiples of 128).
   c.model.attention = "auto"
   c.model.attention_blocks = "512"
 

@@ -27,7 +27,7 @@ def test_blockwise_equals_dense_through_the_decoder(family):
 
   def run(attention):
     _, graphdef = models.with_attention(cfg, attention=attention, attention_block_q=4,
-                                        attention_block_kv=8)
+                                        attention_block_kv=6)  # 16 keys: padded to 18
     logits, _ = models.forward(graphdef, params, tokens, models.positions_from_mask(mask), mask)
 
     def loss(p):
@@ -54,12 +54,10 @@ def _rl_config(**model):
 
 
 def test_attention_config_errors():
-  config_lib.validate(_rl_config(attention="blockwise", attention_blocks="16,32"))
+  config_lib.validate(_rl_config(attention="blockwise", attention_blocks="16,24"))
   with pytest.raises(ValueError, match=r"model.attention='flash' is not one of 'auto', "
                                        r"'blockwise', 'cudnn', 'dense', 'splash'"):
     config_lib.validate(_rl_config(attention="flash"))
-  with pytest.raises(ValueError, match="block_kv=24 does not divide the sequence lengths 32, 64"):
-    config_lib.validate(_rl_config(attention_blocks="16,24"))
   with pytest.raises(ValueError, match="attention_blocks='a' is not 'N' or 'NQ,NKV'"):
     config_lib.validate(_rl_config(attention_blocks="a"))
   with pytest.raises(ValueError, match="option attention='flash' is not one of"):

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rlx.models.attention import attention
+from rlx.models.attention import attention, resolve
 from rlx.models.config import ModelConfig
 
 CACHE_AXES = ("layers", "batch", "cache_seq", "kv_heads", "head_dim")
@@ -163,14 +163,31 @@ def attend(cfg: ModelConfig, q_BTHE: jax.Array, k_BSJE: jax.Array, v_BSJE: jax.A
   cfg.attention and its block sizes. Query t sits at slot q_offset + t and
   sees slot s iff s <= q_offset + t and kv_mask_BS[b, s]; a query that sees
   no key (a padding row) gets zeros. Keys/values are cast to q's dtype (a
-  cache may be stored in another). Returns [B, T, H, E] in q's dtype. The
-  KV-cache layouts of `_write_cache` read in place here: XLA cancels their
-  transposes against the ones in the dense core.
+  cache may be stored in another). Returns [B, T, H, E] in q's dtype.
+
+  blockwise: a T or S longer than its block and not a multiple of it is
+  padded up to one (padded keys masked, padded queries dropped), so any block
+  size fits every length (the sampler's cache is P + C - 1 slots, and its
+  decode segments grow it). The KV-cache layouts of `_write_cache` read in
+  place here: XLA cancels their transposes against the ones in the dense core.
   """
   dt = q_BTHE.dtype
-  return attention(q_BTHE, k_BSJE.astype(dt), v_BSJE.astype(dt), impl=cfg.attention,
-                   causal=True, q_offset=q_offset, kv_mask_BS=kv_mask_BS,
-                   block_q=cfg.attention_block_q, block_kv=cfg.attention_block_kv)
+  B, T, H, E = q_BTHE.shape
+  S = k_BSJE.shape[1]
+  k_BSJE, v_BSJE = k_BSJE.astype(dt), v_BSJE.astype(dt)
+  bq, bk = cfg.attention_block_q, cfg.attention_block_kv
+  name = resolve(cfg.attention, None, dtype=dt, T=T, S=S, E=E,
+                 static_offset=isinstance(q_offset, int))
+  pad_t = (-T) % bq if name == "blockwise" and T > bq else 0
+  pad_s = (-S) % bk if name == "blockwise" and S > bk else 0
+  if pad_t:
+    q_BTHE = jnp.pad(q_BTHE, ((0, 0), (0, pad_t), (0, 0), (0, 0)))
+  if pad_s:
+    k_BSJE, v_BSJE = (jnp.pad(x, ((0, 0), (0, pad_s), (0, 0), (0, 0))) for x in (k_BSJE, v_BSJE))
+    kv_mask_BS = jnp.pad(kv_mask_BS, ((0, 0), (0, pad_s)))
+  out_BTHE = attention(q_BTHE, k_BSJE, v_BSJE, impl=name, causal=True, q_offset=q_offset,
+                       kv_mask_BS=kv_mask_BS, block_q=bq, block_kv=bk)
+  return out_BTHE[:, :T]
 
 
 def _write_cache(cache: dict[str, jax.Array], k_BTJE: jax.Array, v_BTJE: jax.Array,

@@ -147,21 +147,12 @@ def validate(cfg: mlc.ConfigDict) -> None:
 
 
 def _check_attention(cfg: mlc.ConfigDict) -> None:
-  """model.attention is a registered implementation; its blocks divide the
-  prompt and prompt + completion lengths they exceed (blocks are capped)."""
+  """model.attention is a registered implementation (or auto); model.attention_blocks
+  is 'N' or 'NQ,NKV' (the decoder pads lengths up to a multiple of a block)."""
   from rlx.models.attention import ATTENTION
   from rlx.train.common import attention_blocks
   check_choice(cfg.model.attention, ("auto", *ATTENTION.names()), "model.attention", "config")
-  P = cfg.data.max_prompt_len
-  lengths = {P, P + cfg.sampling.max_new_tokens}
-  if cfg.get("eval") is not None and cfg.eval.get("max_new_tokens", 0) > 0:
-    lengths.add(P + cfg.eval.max_new_tokens)
-  for name, b in zip(("block_q", "block_kv"), attention_blocks(cfg)):
-    bad = sorted(n for n in lengths if n > b and n % b)
-    if bad:
-      raise ValueError(f"config.model.attention_blocks: {name}={b} does not divide the sequence "
-                       f"length{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))}; valid "
-                       f"choices: a divisor of {', '.join(map(str, sorted(lengths)))} (or >= it).")
+  attention_blocks(cfg)
 
 
 def task_rewards(task: str, weights: dict[str, float] | None = None) -> mlc.ConfigDict:
