@@ -87,6 +87,9 @@ class ModelConfig:
   attention: str = "auto"
   attention_block_q: int = 512
   attention_block_kv: int = 512
+  # The platform the model is lowered for (jax.export name: cpu, cuda, tpu)
+  # when it is not the running backend (export, plans); None: the running one.
+  attention_platform: str | None = None
 
   def __post_init__(self):
     set_ = lambda k, v: object.__setattr__(self, k, v)

@@ -176,7 +176,7 @@ def attend(cfg: ModelConfig, q_BTHE: jax.Array, k_BSJE: jax.Array, v_BSJE: jax.A
   S = k_BSJE.shape[1]
   k_BSJE, v_BSJE = k_BSJE.astype(dt), v_BSJE.astype(dt)
   bq, bk = cfg.attention_block_q, cfg.attention_block_kv
-  name = resolve(cfg.attention, None, dtype=dt, T=T, S=S, E=E,
+  name = resolve(cfg.attention, cfg.attention_platform, dtype=dt, T=T, S=S, E=E,
                  static_offset=isinstance(q_offset, int))
   pad_t = (-T) % bq if name == "blockwise" and T > bq else 0
   pad_s = (-S) % bk if name == "blockwise" and S > bk else 0
@@ -186,7 +186,8 @@ def attend(cfg: ModelConfig, q_BTHE: jax.Array, k_BSJE: jax.Array, v_BSJE: jax.A
     k_BSJE, v_BSJE = (jnp.pad(x, ((0, 0), (0, pad_s), (0, 0), (0, 0))) for x in (k_BSJE, v_BSJE))
     kv_mask_BS = jnp.pad(kv_mask_BS, ((0, 0), (0, pad_s)))
   out_BTHE = attention(q_BTHE, k_BSJE, v_BSJE, impl=name, causal=True, q_offset=q_offset,
-                       kv_mask_BS=kv_mask_BS, block_q=bq, block_kv=bk)
+                       kv_mask_BS=kv_mask_BS, block_q=bq, block_kv=bk,
+                       platform=cfg.attention_platform)
   return out_BTHE[:, :T]
 
 
@@ -403,8 +404,8 @@ def abstract_model(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
 
 
 def with_attention(cfg: ModelConfig, **kw) -> tuple[ModelConfig, nnx.GraphDef]:
-  """(cfg with the given attention / attention_block_q / attention_block_kv,
-  its graphdef); the params of `cfg` fit the new graphdef unchanged."""
+  """(cfg with the given attention / attention_block_q / attention_block_kv /
+  attention_platform, its graphdef); the params of `cfg` fit the new graphdef unchanged."""
   cfg = cfg.replace(**kw)
   return cfg, abstract_model(cfg)[0]
 
