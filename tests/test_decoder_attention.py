@@ -16,7 +16,7 @@ def _cfg(family, **kw):
       num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, **kw)
 
 
-@pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama"])
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
 def test_blockwise_equals_dense_through_the_decoder(family):
   """GQA (4 heads on 2 KV heads), qkv bias (qwen2), q/k norm (qwen3), left padding."""
   cfg = _cfg(family, attention="dense")
