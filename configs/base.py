@@ -30,6 +30,11 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   # Recompute layers in the backward pass: "none", "full" (least memory) or
   # "dots" (keeps the matmul outputs).
   c.model.remat = "none"
+  # Attention core: auto | dense | blockwise | cudnn | splash (rlx.models.attention),
+  # and its query/key block sizes 'N' or 'NQ,NKV' (blockwise pads a longer
+  # length up to a multiple of its block; splash runs when lengths are multiples of 128).
+  c.model.attention = "auto"
+  c.model.attention_blocks = "512"
 
   # Reference model for the KL term: the initial policy, or another checkpoint.
   c.ref = mlc.ConfigDict()

@@ -12,7 +12,9 @@ Public API (all pure functions of (graphdef, params); no module crosses jit):
       -> (logits_BTV | hidden_BTD, cache)
   lm_head(graphdef, params, hidden_BTD, head_DV=None) | lm_head(params, hidden_BTD) -> logits_BTV
   head_matrix(cfg, params) -> head_DV (the head laid out once, for decoding)
-  attend(q_BTHE, k_BSJE, v_BSJE, mask_BTS) -> out_BTHE   (the attention core)
+  attend(cfg, q_BTHE, k_BSJE, v_BSJE, q_offset, kv_mask_BS) -> out_BTHE   (the attention
+      core: rlx.models.attention.attention with cfg.attention and its block sizes)
+  with_attention(cfg, **kw) -> (cfg, graphdef): cfg.attention* replaced
   init_cache(cfg, batch, max_len, dtype=None) -> {'k', 'v'}: [L, B, S, J, E]
   unstack_layers(cfg, params) -> per-layer params (forward's `layers`)
   init_layer_caches(cfg, batch, max_len, dtype=None) -> per-layer caches
@@ -39,7 +41,8 @@ from rlx.models.config import (CAUSAL_LM_ARCHITECTURES, FAMILIES, SEQ_CLS_ARCHIT
 from rlx.models.decoder import (CACHE_AXES, Decoder, abstract_model, attend, cache_length,
                                 config_of, forward, grow_cache, head_matrix, init_cache,
                                 init_layer_caches, init_model, lm_head, logical_axes,
-                                num_params, param_specs, positions_from_mask, unstack_layers)
+                                num_params, param_specs, positions_from_mask, unstack_layers,
+                                with_attention)
 from rlx.models.hf_io import load_hf, load_tokenizer, save_hf
 from rlx.models.logprobs import logprobs_from_logits, sequence_logprob, token_logprobs
 from rlx.models.reward_model import (init_reward_model, load_reward_model, reward_model_from_lm,

@@ -82,6 +82,14 @@ class ModelConfig:
   bos_token_id: int | None = None
   eos_token_id: int | tuple[int, ...] | None = None
   remat: bool = False  # rematerialize each layer in the backward pass (not an HF field)
+  # Attention core (not HF fields): a name in rlx.models.attention.ATTENTION or
+  # "auto", and the query/key block sizes of blockwise/splash (capped at T/S).
+  attention: str = "auto"
+  attention_block_q: int = 512
+  attention_block_kv: int = 512
+  # The platform the model is lowered for (jax.export name: cpu, cuda, tpu)
+  # when it is not the running backend (export, plans); None: the running one.
+  attention_platform: str | None = None
 
   def __post_init__(self):
     set_ = lambda k, v: object.__setattr__(self, k, v)
@@ -102,6 +110,9 @@ class ModelConfig:
       set_("rope_scaling", tuple(sorted(self.rope_scaling.items())))
     if isinstance(self.eos_token_id, list):
       set_("eos_token_id", tuple(self.eos_token_id))
+    from rlx.models.attention import ATTENTION
+    from rlx.registry import check_choice
+    check_choice(self.attention, ("auto", *ATTENTION.names()), "attention", "ModelConfig")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
                        f"({self.num_kv_heads}).")

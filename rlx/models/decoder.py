@@ -43,10 +43,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rlx.models.attention import attention, resolve
 from rlx.models.config import ModelConfig
 
 CACHE_AXES = ("layers", "batch", "cache_seq", "kv_heads", "head_dim")
-_NEG_INF = -0.7 * float(np.finfo(np.float32).max)  # finite: fully masked rows stay finite
 
 
 def _param(value: jax.Array, axes: tuple[str | None, ...]) -> nnx.Param:
@@ -157,37 +157,38 @@ def _proj(x_BTD: jax.Array, w_DX: jax.Array) -> jax.Array:
   return out.reshape((B, T) + w_DX.shape[1:])
 
 
-def attend(q_BTHE: jax.Array, k_BSJE: jax.Array, v_BSJE: jax.Array,
-           mask_BTS: jax.Array) -> jax.Array:
-  """Causal-LM attention core: softmax(q k^T / sqrt(E) + bias) v, GQA.
+def attend(cfg: ModelConfig, q_BTHE: jax.Array, k_BSJE: jax.Array, v_BSJE: jax.Array,
+           q_offset: Any, kv_mask_BS: jax.Array) -> jax.Array:
+  """Causal-LM attention core (GQA): `rlx.models.attention.attention` with
+  cfg.attention and its block sizes. Query t sits at slot q_offset + t and
+  sees slot s iff s <= q_offset + t and kv_mask_BS[b, s]; a query that sees
+  no key (a padding row) gets zeros. Keys/values are cast to q's dtype (a
+  cache may be stored in another). Returns [B, T, H, E] in q's dtype.
 
-  Query head h reads KV head h // Q (H = J * Q). mask_BTS[b, t, s] True lets
-  query t attend key s. The queries are scaled in their own dtype before the
-  score matmul (the smaller operand); scores and softmax are float32; a masked
-  key gets the additive bias _NEG_INF, so a fully masked row (a padding query)
-  gets uniform weights: finite, and ignored downstream. Returns [B, T, H, E]
-  in q's dtype. The KV-cache layouts of `_write_cache` read in place here:
-  XLA cancels their transposes against the ones below.
+  blockwise: a T or S longer than its block and not a multiple of it is
+  padded up to one (padded keys masked, padded queries dropped), so any block
+  size fits every length (the sampler's cache is P + C - 1 slots, and its
+  decode segments grow it). The KV-cache layouts of `_write_cache` read in
+  place here: XLA cancels their transposes against the ones in the dense core.
   """
-  B, T, H, E = q_BTHE.shape
-  S, J = k_BSJE.shape[1], k_BSJE.shape[2]
-  Q = H // J
   dt = q_BTHE.dtype
-  q_BTHE = q_BTHE * jnp.asarray(E ** -0.5, dt)
-  # Batched matmuls with leading batch dims (b, j): the Q query heads that
-  # share a KV head are stacked along the query axis (m = q * T + t).
-  q_BJmE = q_BTHE.reshape(B, T, J, Q, E).transpose(0, 2, 3, 1, 4).reshape(B, J, Q * T, E)
-  k_BJSE = k_BSJE.transpose(0, 2, 1, 3).astype(dt)
-  v_BJSE = v_BSJE.transpose(0, 2, 1, 3).astype(dt)
-  scores_BJmS = jnp.einsum("bjme,bjse->bjms", q_BJmE, k_BJSE,
-                           preferred_element_type=jnp.float32)
-  # Additive mask, then softmax (its custom JVP keeps the backward to few
-  # passes over the scores).
-  bias_B11TS = jnp.where(mask_BTS, 0.0, _NEG_INF).astype(jnp.float32)[:, None, None]
-  probs_BJQTS = jax.nn.softmax(scores_BJmS.reshape(B, J, Q, T, S) + bias_B11TS, axis=-1)
-  out_BJmE = jnp.einsum("bjms,bjse->bjme", probs_BJQTS.astype(dt).reshape(B, J, Q * T, S),
-                        v_BJSE)
-  return out_BJmE.reshape(B, J, Q, T, E).transpose(0, 3, 1, 2, 4).reshape(B, T, H, E)
+  B, T, H, E = q_BTHE.shape
+  S = k_BSJE.shape[1]
+  k_BSJE, v_BSJE = k_BSJE.astype(dt), v_BSJE.astype(dt)
+  bq, bk = cfg.attention_block_q, cfg.attention_block_kv
+  name = resolve(cfg.attention, cfg.attention_platform, dtype=dt, T=T, S=S, E=E,
+                 static_offset=isinstance(q_offset, int))
+  pad_t = (-T) % bq if name == "blockwise" and T > bq else 0
+  pad_s = (-S) % bk if name == "blockwise" and S > bk else 0
+  if pad_t:
+    q_BTHE = jnp.pad(q_BTHE, ((0, 0), (0, pad_t), (0, 0), (0, 0)))
+  if pad_s:
+    k_BSJE, v_BSJE = (jnp.pad(x, ((0, 0), (0, pad_s), (0, 0), (0, 0))) for x in (k_BSJE, v_BSJE))
+    kv_mask_BS = jnp.pad(kv_mask_BS, ((0, 0), (0, pad_s)))
+  out_BTHE = attention(q_BTHE, k_BSJE, v_BSJE, impl=name, causal=True, q_offset=q_offset,
+                       kv_mask_BS=kv_mask_BS, block_q=bq, block_kv=bk,
+                       platform=cfg.attention_platform)
+  return out_BTHE[:, :T]
 
 
 def _write_cache(cache: dict[str, jax.Array], k_BTJE: jax.Array, v_BTJE: jax.Array,
@@ -217,7 +218,7 @@ def _write_cache(cache: dict[str, jax.Array], k_BTJE: jax.Array, v_BTJE: jax.Arr
           v_BJSE.transpose(0, 2, 1, 3))
 
 
-def _layer(cfg: ModelConfig, x_BTD, lp, sin, cos, mask_BTS, cache=None, layer=None,
+def _layer(cfg: ModelConfig, x_BTD, lp, sin, cos, kv_mask_BS, cache=None, layer=None,
            cache_index=None):
   """One decoder layer. Returns (x, cache) with this layer's new K/V written in cache.
 
@@ -242,7 +243,8 @@ def _layer(cfg: ModelConfig, x_BTD, lp, sin, cos, mask_BTS, cache=None, layer=No
     k_BSJE, v_BSJE = k_BTJE, v_BTJE
   else:
     cache, k_BSJE, v_BSJE = _write_cache(cache, k_BTJE, v_BTJE, cache_index, layer)
-  attn_BTHE = attend(q_BTHE, k_BSJE, v_BSJE, mask_BTS)
+  q_offset = 0 if cache is None else cache_index
+  attn_BTHE = attend(cfg, q_BTHE, k_BSJE, v_BSJE, q_offset, kv_mask_BS)
   out_BTD = _proj(attn_BTHE.reshape(B, T, -1), w("o").reshape(-1, D))
   if cfg.attention_out_bias:
     out_BTD = out_BTD + w("o_bias")
@@ -308,18 +310,15 @@ class Decoder(nnx.Module):
     if cache is None:
       if S != T:
         raise ValueError(f"Without a cache kv_mask_BS must have S == T, got S={S}, T={T}.")
-      q_slot_T = jnp.arange(T)
     else:
       if cache_length(cache) != S:
         raise ValueError(f"kv_mask_BS has {S} slots but the cache has {cache_length(cache)}.")
       cache_index = jnp.asarray(cache_index, jnp.int32)
-      q_slot_T = cache_index + jnp.arange(T)
-    mask_BTS = (jnp.arange(S)[None, :] <= q_slot_T[:, None])[None] & kv_mask_BS[:, None, :]
     remat = cfg.remat if remat is None else remat
     remat = False if remat == "none" else remat
 
     def body(x_BTD, lp, c, layer):
-      return _layer(cfg, x_BTD, lp, sin, cos, mask_BTS, c, layer, cache_index)
+      return _layer(cfg, x_BTD, lp, sin, cos, kv_mask_BS, c, layer, cache_index)
     if remat:
       body = jax.checkpoint(body, prevent_cse=False, policy=remat_policy(remat))
 
@@ -402,6 +401,13 @@ def abstract_model(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
   """(graphdef, params of jax.ShapeDtypeStruct) without allocating anything."""
   model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(params=0)))
   return nnx.split(model, nnx.Param)
+
+
+def with_attention(cfg: ModelConfig, **kw) -> tuple[ModelConfig, nnx.GraphDef]:
+  """(cfg with the given attention / attention_block_q / attention_block_kv /
+  attention_platform, its graphdef); the params of `cfg` fit the new graphdef unchanged."""
+  cfg = cfg.replace(**kw)
+  return cfg, abstract_model(cfg)[0]
 
 
 def config_of(graphdef: nnx.GraphDef, params: nnx.State) -> ModelConfig:

@@ -58,16 +58,34 @@ def hf_arch_dict(cfg, tokenizer) -> dict:
   return d
 
 
+def attention_options(cfg) -> dict[str, Any]:
+  """ModelConfig attention fields from config.model (attention, attention_blocks)."""
+  bq, bkv = attention_blocks(cfg)
+  return {"attention": cfg.model.attention, "attention_block_q": bq, "attention_block_kv": bkv}
+
+
+def attention_blocks(cfg) -> tuple[int, int]:
+  """(block_q, block_kv) of config.model.attention_blocks: 'N' or 'NQ,NKV'."""
+  parts = str(cfg.model.attention_blocks).split(",")
+  if len(parts) not in (1, 2) or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+    raise ValueError(f"config.model.attention_blocks={cfg.model.attention_blocks!r}"
+                     " is not 'N' or 'NQ,NKV' (positive block sizes).")
+  bq = int(parts[0])
+  return bq, int(parts[-1])
+
+
 def load_policy(cfg, workdir: str, *, checkpoint: str | None = None) -> Policy:
   """Builds the initial policy (before any RL checkpoint is restored)."""
   dtype, pdtype = _dtype(cfg.model.dtype), _dtype(cfg.model.param_dtype)
   ckpt = checkpoint or (cfg.model.checkpoint if cfg.model.init == "checkpoint" else None)
   if ckpt:
     tok = hf_io.load_tokenizer(cfg.model.tokenizer or ckpt)
-    mcfg, graphdef, params = hf_io.load_hf(ckpt, dtype=dtype, param_dtype=pdtype)
+    mcfg, _, params = hf_io.load_hf(ckpt, dtype=dtype, param_dtype=pdtype)
+    mcfg, graphdef = models.with_attention(mcfg, **attention_options(cfg))
     return Policy(mcfg, graphdef, params, tok)
   tok = make_tokenizer(cfg, workdir)
-  mcfg = models.ModelConfig.from_hf(hf_arch_dict(cfg, tok), dtype=dtype, param_dtype=pdtype)
+  mcfg = models.ModelConfig.from_hf(hf_arch_dict(cfg, tok), dtype=dtype, param_dtype=pdtype,
+                                    **attention_options(cfg))
   graphdef, params = models.init_model(mcfg, jax.random.PRNGKey(cfg.seed))
   return Policy(mcfg, graphdef, params, tok)
 

@@ -132,6 +132,7 @@ def validate(cfg: mlc.ConfigDict) -> None:
       rm.startswith("last:") and rm[5:].isdigit() and int(rm[5:]) > 0):
     check_choice(rm, ("policy", "local", "last:N", "replicated"), "mesh.reward_models", "config")
   check_choice(cfg.model.remat, ("none", "full", "dots"), "model.remat", "config")
+  _check_attention(cfg)
   check_choice(cfg.ref.source, ("initial", "checkpoint", "none"), "ref.source", "config")
   if cfg.ref.source == "checkpoint" and not cfg.ref.checkpoint:
     raise ValueError("config.ref.source='checkpoint' needs config.ref.checkpoint.")
@@ -143,6 +144,15 @@ def validate(cfg: mlc.ConfigDict) -> None:
     if extra or "fn" not in r:
       raise ValueError(f"config.rewards.{name} must have keys fn, weight[, kwargs]; "
                        f"got {sorted(r.keys())}.")
+
+
+def _check_attention(cfg: mlc.ConfigDict) -> None:
+  """model.attention is a registered implementation (or auto); model.attention_blocks
+  is 'N' or 'NQ,NKV' (the decoder pads lengths up to a multiple of a block)."""
+  from rlx.models.attention import ATTENTION
+  from rlx.train.common import attention_blocks
+  check_choice(cfg.model.attention, ("auto", *ATTENTION.names()), "model.attention", "config")
+  attention_blocks(cfg)
 
 
 def task_rewards(task: str, weights: dict[str, float] | None = None) -> mlc.ConfigDict:
