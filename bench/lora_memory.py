@@ -75,7 +75,6 @@ def _concrete(abstract):
 def variants(cfg, rank: int):
   """name -> (update fn, abstract state, abstract frozen or None, reference bytes)."""
   gd, params = models.abstract_model(cfg)
-  params = jax.tree.map(lambda v: v, params)
   tx = _tx()
   kw = dict(prompt_len=P, temperature=1.0, chunk=0, detached_old=True, max_len=C, num_groups=2)
   terms = {"pg": {}, "kl": {"coef": 0.04}}

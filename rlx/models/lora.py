@@ -69,8 +69,8 @@ class LoraSpec:
     return self.alpha / self.rank
 
 
-def _io_shapes(cfg: ModelConfig, name: str) -> tuple[tuple, tuple, tuple]:
-  """(weight shape [L, ...], in dims, out dims) of layer param `name`."""
+def _io_shapes(cfg: ModelConfig, name: str) -> tuple[tuple, tuple, int]:
+  """(stacked shape [L, in..., out...], logical axes, number of input axes) of `name`."""
   shape, axes, _ = param_specs(cfg)["layers"][name]
   n_in = TARGETS[name]
   return shape, axes, n_in
