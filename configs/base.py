@@ -35,6 +35,12 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   # length up to a multiple of its block; splash runs when lengths are multiples of 128).
   c.model.attention = "auto"
   c.model.attention_blocks = "512"
+  # LoRA adapters (rank 0: off; rlx/models/lora.py). targets: comma-separated
+  # q, k, v, o, gate, up, down, or a regex over param paths ('layers/(q|v)').
+  # quantize "int8": QLoRA, the frozen base stored int8 (per-output-channel
+  # scales). dropout must be 0 (the adapters are merged into the weights).
+  c.model.lora = mlc.ConfigDict(dict(rank=0, alpha=16.0, targets="q,k,v,o,gate,up,down",
+                                     dropout=0.0, quantize="none"))
 
   # Reference model for the KL term: the initial policy, or another checkpoint.
   c.ref = mlc.ConfigDict()

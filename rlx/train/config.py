@@ -134,6 +134,7 @@ def validate(cfg: mlc.ConfigDict) -> None:
   check_choice(cfg.model.remat, ("none", "full", "dots"), "model.remat", "config")
   _check_attention(cfg)
   check_choice(cfg.ref.source, ("initial", "checkpoint", "none"), "ref.source", "config")
+  check_lora(cfg)
   if cfg.ref.source == "checkpoint" and not cfg.ref.checkpoint:
     raise ValueError("config.ref.source='checkpoint' needs config.ref.checkpoint.")
   check_choice(cfg.reward_errors, ("missing", "fatal"), "reward_errors", "config")
@@ -153,6 +154,41 @@ def _check_attention(cfg: mlc.ConfigDict) -> None:
   from rlx.train.common import attention_blocks
   check_choice(cfg.model.attention, ("auto", *ATTENTION.names()), "model.attention", "config")
   attention_blocks(cfg)
+
+
+def lora_model_config(cfg: mlc.ConfigDict):
+  """The policy's ModelConfig as far as LoRA needs it (no weights, no tokenizer)."""
+  import json
+  from rlx.models.config import ModelConfig
+  if cfg.model.init == "checkpoint":
+    with open(os.path.join(cfg.model.checkpoint, "config.json")) as f:
+      return ModelConfig.from_hf(json.load(f))
+  arch = dict(cfg.model.arch)
+  arch.setdefault("head_dim", arch["hidden_size"] // arch["num_attention_heads"])
+  return ModelConfig.from_hf(dict(arch, vocab_size=arch.get("vocab_size", 256),
+                                  architectures=["Qwen2ForCausalLM"]))
+
+
+def check_lora(cfg: mlc.ConfigDict) -> None:
+  """config.model.lora against the trainer and the policy's shapes."""
+  lo = cfg.model.lora
+  if lo.rank < 0:
+    raise ValueError(f"config.model.lora.rank must be >= 0 (0: off), got {lo.rank}.")
+  if not lo.rank:
+    return
+  if cfg.trainer == "reward_model":
+    raise ValueError("config.model.lora.rank > 0 with trainer='reward_model' (a reward-model "
+                     "head): LoRA trains causal-LM policies; valid: trainer 'rl' or rank=0.")
+  if cfg.trainer != "rl":
+    check_choice(cfg.trainer, ("rl",), "trainer (with model.lora.rank > 0)", "config")
+  if lo.dropout:
+    raise ValueError(f"config.model.lora.dropout={lo.dropout}: adapters are merged into the "
+                     "weights, so dropout is not applied; valid: 0.0.")
+  if cfg.ref.source == "checkpoint" or cfg.ref.sync_every:
+    raise ValueError("config.model.lora.rank > 0 takes the reference from the base weights "
+                     "(adapters off); valid: ref.source 'initial' or 'none', ref.sync_every=0.")
+  from rlx.models import lora
+  lora.make_spec(lora_model_config(cfg), lo.rank, lo.alpha, lo.targets, lo.quantize)
 
 
 def task_rewards(task: str, weights: dict[str, float] | None = None) -> mlc.ConfigDict:

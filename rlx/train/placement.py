@@ -53,8 +53,9 @@ class Placement:
       return slice(0, global_rows)
     return parallel.process_batch_slice(global_rows, self.mesh, self.rules)
 
-  def param_shardings(self, params: Any) -> Any:
-    return parallel.param_shardings(params, self.mesh, self.rules)
+  def param_shardings(self, params: Any, logical_axes: Any = None) -> Any:
+    """logical_axes: default the params' own (`rlx.models.logical_axes`)."""
+    return parallel.param_shardings(params, self.mesh, self.rules, logical_axes)
 
   def put_params(self, params: Any, shardings: Any = None) -> Any:
     return jax.device_put(params, shardings or self.param_shardings(params))

@@ -3,7 +3,7 @@
 `train_rl` reads as the algorithm; every step calls these stages in order,
 each a function from typed inputs to a typed output:
 
-    groups   = collect_groups(run, params, ref_params, key)    # sample, score, top up
+    groups   = collect_groups(run, params, ref_params, key, step)   # sample, score, top up
     batch    = build_batch(run, groups)                        # kept groups -> global rows
     adv      = compute_advantages(run, batch)
     logprobs = reference_and_old_logprobs(run, batch, groups, params, ref_params)
@@ -37,6 +37,7 @@ from rlx import advantages as adv_lib
 from rlx import sampling
 from rlx.data import make_prompt_iterator, tokenize_prompts
 from rlx.models import hf_io
+from rlx.models import lora as lora_lib
 from rlx.train import common, steps
 from rlx.train.checkpoint import Checkpointer
 from rlx.train.metrics import MetricsWriter, plot_curves, read_jsonl
@@ -122,6 +123,18 @@ class StageFns:
   update: Callable[..., Any]      # (TrainState, batch dict) -> (TrainState, metrics); donated
   advantages: Callable[..., Any]  # (rewards_NK, valid_N, lengths_N, columns) -> (adv, diagnostics)
   keep: Callable[..., Any] | None  # (rewards_NK, valid_N, columns) -> keep_N; None: no filter
+  model_params: Callable[..., Any]  # train-state params -> the model's params (LoRA: merged)
+
+
+@dataclasses.dataclass
+class Lora:
+  """A LoRA run's frozen base: the train state's params are the adapters only,
+  and the reference is the base with adapters off (reference params `{}`)."""
+  spec: lora_lib.LoraSpec
+  frozen: dict[str, Any]  # {'params': base params (int8 targets with QLoRA), 'scales': {...}}
+
+  def effective(self, adapters, frozen):
+    return lora_lib.effective_params(self.spec, frozen["params"], adapters, frozen["scales"])
 
 
 @dataclasses.dataclass
@@ -146,6 +159,7 @@ class RLRun:
   correct_index: int          # reward column of config.loss.correct_reward, -1 if none
   base_key: jax.Array
   eval_key: jax.Array         # the same held-out draws at every eval
+  lora: Lora | None = None
 
   @property
   def num_completions(self) -> int:
@@ -165,11 +179,26 @@ def _check_batches(cfg, place: Placement) -> None:
                       "batch_prompts * sampling.group_size / train.minibatches)")
 
 
-def _initial_state(cfg, place: Placement, policy: common.Policy, tx) -> tuple[steps.TrainState, Any]:
-  """The step-0 train state (params placed on the mesh) and the reference params."""
+def _initial_state(cfg, place: Placement, policy: common.Policy, tx
+                   ) -> tuple[steps.TrainState, Any, Lora | None]:
+  """The step-0 train state (params placed on the mesh), the reference params
+  and, with LoRA, the frozen base (the state then holds the adapters)."""
   p_sh = place.param_shardings(policy.params)
   params = place.put_params(policy.params, p_sh)
-  if cfg.ref.source == "checkpoint":
+  lora = None
+  if cfg.model.lora.rank:
+    lo = cfg.model.lora
+    spec = lora_lib.make_spec(policy.cfg, lo.rank, lo.alpha, lo.targets, lo.quantize)
+    scales = {}
+    if spec.quantize == "int8":
+      params, scales = lora_lib.quantize_base(spec, params)
+    lora = Lora(spec, {"params": params, "scales": scales})
+    adapters = lora_lib.init_adapters(policy.cfg, spec, jax.random.PRNGKey(cfg.seed + 1),
+                                      policy.cfg.param_dtype)
+    p_sh = place.param_shardings(adapters, logical_axes=lora_lib.logical_axes(policy.cfg, spec))
+    params = place.put_params(adapters, p_sh)
+    ref_params = {} if cfg.ref.source == "initial" else None  # {}: adapters off
+  elif cfg.ref.source == "checkpoint":
     _, _, ref_params = hf_io.load_hf(cfg.ref.checkpoint, dtype=policy.cfg.dtype,
                                      param_dtype=policy.cfg.param_dtype)
     ref_params = place.put_params(ref_params, p_sh)
@@ -180,11 +209,11 @@ def _initial_state(cfg, place: Placement, policy: common.Policy, tx) -> tuple[st
   state = steps.TrainState(step=place.replicated(np.zeros((), np.int32)), params=params,
                            opt_state=place.init_opt_state(tx, params, p_sh),
                            skipped=place.replicated(np.zeros((), np.int32)))
-  return state, ref_params
+  return state, ref_params, lora
 
 
 def _stage_fns(cfg, policy: common.Policy, tx, state: steps.TrainState, scorer: Scorer,
-               detached_old: bool, group_ids_N: jax.Array) -> StageFns:
+               detached_old: bool, group_ids_N: jax.Array, lora: Lora | None) -> StageFns:
   num_groups = cfg.train.batch_prompts
   prompt_len, chunk = cfg.data.max_prompt_len, cfg.model.logprob_chunk
   weights_K = jnp.asarray(scorer.weights)
@@ -205,18 +234,27 @@ def _stage_fns(cfg, policy: common.Policy, tx, state: steps.TrainState, scorer: 
     filt_name, filt_opts = cfg.filter.name, dict(cfg.filter.options)
     keep = jax.jit(lambda r, v, c: adv_lib.apply_filter(
         filt_name, inputs(r, v, c), num_groups, **filt_opts)[0])
-  return StageFns(
-      logprobs=steps.make_logprobs_fn(policy.graphdef, prompt_len, cfg.sampling.temperature,
-                                      chunk),
-      update=steps.make_update_fn(
+  effective = None if lora is None else lora.effective
+  logprobs = steps.make_logprobs_fn(policy.graphdef, prompt_len, cfg.sampling.temperature,
+                                    chunk, effective=effective)
+  update = steps.make_update_fn(
           policy.graphdef, tx, cfg.loss.terms, prompt_len=prompt_len,
           temperature=cfg.sampling.temperature, chunk=chunk, detached_old=detached_old,
           max_len=cfg.sampling.max_new_tokens, num_groups=num_groups,
           state_shardings=jax.tree.map(lambda x: x.sharding, state),
-          remat=False if cfg.model.remat == "none" else cfg.model.remat),
+          remat=False if cfg.model.remat == "none" else cfg.model.remat, effective=effective)
+  model_params = lambda params: params
+  if lora is not None:  # the frozen base is an argument of every call, never donated
+    logprobs = (lambda fn: lambda p, t, m: fn(p, lora.frozen, t, m))(logprobs)
+    update = (lambda fn: lambda s, b: fn(s, b, lora.frozen))(update)
+    merge = jax.jit(lora.effective)  # once per step, outside the decode loop
+    model_params = lambda params: merge(params, lora.frozen)
+  return StageFns(
+      logprobs=logprobs,
+      update=update,
       advantages=jax.jit(lambda r, v, ln, c: adv_lib.compute_advantages(
           est_name, inputs(r, v, c, ln), num_groups, **est_opts)),
-      keep=keep)
+      keep=keep, model_params=model_params)
 
 
 def setup_run(cfg, workdir: str, init_checkpoint: str | None
@@ -231,7 +269,7 @@ def setup_run(cfg, workdir: str, init_checkpoint: str | None
   policy = common.load_policy(cfg, workdir, checkpoint=init_checkpoint)
   updates_per_step = cfg.train.epochs * cfg.train.minibatches
   tx = make_optimizer(cfg.optim, cfg.train.steps * updates_per_step)
-  state, ref_params = _initial_state(cfg, place, policy, tx)
+  state, ref_params, lora = _initial_state(cfg, place, policy, tx)
   scorer = Scorer(build_rewards(cfg.rewards), threads=cfg.reward_threads, errors=cfg.reward_errors,
                   max_steps=cfg.train.steps)
   data_metrics: dict[str, float] = {}
@@ -253,7 +291,7 @@ def setup_run(cfg, workdir: str, init_checkpoint: str | None
   run = RLRun(
       cfg=cfg, place=place, policy=policy, scorer=scorer, prompts=prompts,
       eval_rows=eval_rows, data_metrics=data_metrics,
-      fns=_stage_fns(cfg, policy, tx, state, scorer, detached_old, group_ids_N),
+      fns=_stage_fns(cfg, policy, tx, state, scorer, detached_old, group_ids_N, lora),
       sample_settings=_settings(cfg, eval_mode=False, tokenizer=policy.tokenizer),
       eval_settings=_settings(cfg, eval_mode=True, tokenizer=policy.tokenizer),
       num_groups=cfg.train.batch_prompts, group_size=cfg.sampling.group_size,
@@ -262,7 +300,7 @@ def setup_run(cfg, workdir: str, init_checkpoint: str | None
       sync_ref=ref_params is not None and cfg.ref.sync_every > 0,
       correct_index=(list(scorer.names).index(cfg.loss.correct_reward)
                      if cfg.loss.correct_reward else -1),
-      base_key=base_key, eval_key=jax.random.fold_in(base_key, 2**31 - 1))
+      base_key=base_key, eval_key=jax.random.fold_in(base_key, 2**31 - 1), lora=lora)
   return run, state, ref_params
 
 
@@ -297,7 +335,7 @@ def evaluate(run: RLRun, params: Any) -> dict[str, float]:
     mine = place.local_rows(batch_prompts)
     local = rows[mine]
     tokens, mask = tokenize_prompts(tok, [r["prompt"] for r in local], cfg.data.max_prompt_len)
-    rollout = _sample(run.policy.graphdef, params,
+    rollout = _sample(run.policy.graphdef, run.fns.model_params(params),
                       *place.to_global((tokens, mask), batch_prompts),
                       jax.random.fold_in(run.eval_key, start), run.eval_settings)
     rollout = place.to_local(rollout)
@@ -348,7 +386,7 @@ def _sample_round(run: RLRun, params: Any, ref_params: Any, key: jax.Array, step
   rows = [dict(zip(rows, values)) for values in zip(*rows.values())]
   tokens, mask = tokenize_prompts(run.policy.tokenizer, prompts, run.cfg.data.max_prompt_len)
   t = time.time()
-  rollout = _sample(run.policy.graphdef, params,
+  rollout = _sample(run.policy.graphdef, run.fns.model_params(params),
                     *run.place.to_global((tokens, mask), run.num_groups), key,
                     run.sample_settings)
   ref_logprobs = None
@@ -644,11 +682,15 @@ def finish(run: RLRun, workdir: str, out: Outputs, state: steps.TrainState,
   run.scorer.close()
   export = cfg.train.export_hf and not stopped
   # Every process takes part in gathering the sharded params; process 0 writes.
-  host_params = run.place.fetch(state.params) if export else None
+  host_params = run.place.fetch(run.fns.model_params(state.params)) if export else None
+  adapters = run.place.fetch(state.params) if export and run.lora is not None else None
   if jax.process_index() == 0 and not stopped:
     if export:
       hf_io.save_hf(os.path.join(workdir, "hf"), run.policy.cfg, host_params,
-                    tokenizer=run.policy.tokenizer)
+                    tokenizer=run.policy.tokenizer)  # LoRA: the merged model
+      if adapters is not None:
+        lora_lib.export_peft(os.path.join(workdir, "peft"), run.policy.cfg, run.lora.spec,
+                             adapters, base_model_name_or_path=cfg.model.checkpoint)
     names = run.scorer.names
     keys = ([f"reward/{n}/mean" for n in names] + [f"eval/{n}" for n in names]
             + ["completion/length_mean", "loss"])

@@ -3,6 +3,11 @@
     logprobs_fn(params, tokens, mask)            -> logp [N, C], entropy [N, C]
     update_fn(state, batch)                      -> state, metrics   (state donated)
 
+With LoRA (`effective` given), `state.params` are the adapters only and the
+functions take the frozen base as one more argument, never donated:
+    logprobs_fn(adapters, frozen, tokens, mask)  (adapters {}: the base model)
+    update_fn(state, batch, frozen)              (gradient w.r.t. the adapters only)
+
 `batch` is a dict of arrays for one minibatch:
     tokens [n, P+C], attn_mask [n, P+C], loss_mask [n, C], adv [n] or [n, C],
     old_logp [n, C], sample_logp [n, C], ref_logp [n, C], correct [n], group [n], lengths [n]
@@ -38,7 +43,14 @@ def completion_logprobs(graphdef, params, tokens, attn_mask, prompt_len: int,
   return logp[:, prompt_len:], ent[:, prompt_len:]
 
 
-def make_logprobs_fn(graphdef, prompt_len: int, temperature: float, chunk: int):
+def make_logprobs_fn(graphdef, prompt_len: int, temperature: float, chunk: int,
+                     effective=None):
+  if effective is not None:
+    def lora_fn(adapters, frozen, tokens, attn_mask):
+      return completion_logprobs(graphdef, effective(adapters, frozen), tokens, attn_mask,
+                                 prompt_len, temperature, chunk)
+    return jax.jit(lora_fn)
+
   def fn(params, tokens, attn_mask):
     return completion_logprobs(graphdef, params, tokens, attn_mask, prompt_len, temperature, chunk)
   return jax.jit(fn)
@@ -68,9 +80,14 @@ def make_loss_fn(graphdef, terms: Mapping[str, Any], *, prompt_len: int, tempera
 def make_update_fn(graphdef, tx: optax.GradientTransformation, terms: Mapping[str, Any], *,
                    prompt_len: int, temperature: float, chunk: int, detached_old: bool,
                    remat: bool | str = False,
-                   max_len: int, num_groups: int | None = None, state_shardings: Any = None):
+                   max_len: int, num_groups: int | None = None, state_shardings: Any = None,
+                   effective=None):
   """One optimizer update on a minibatch. Skips (keeps the state) if the loss
   or the gradient is not finite, and counts it in `state.skipped`.
+
+  `effective(trainable, frozen) -> model params` (LoRA: the merged weights):
+  the update takes `frozen` as a third argument and differentiates only
+  `state.params` (the adapters); the optimizer state exists only for them.
 
   `state_shardings` (a TrainState of shardings, e.g. the initial state's)
   pins the new state to the same layout, so params and optimizer state keep
@@ -80,8 +97,10 @@ def make_update_fn(graphdef, tx: optax.GradientTransformation, terms: Mapping[st
                          chunk=chunk, detached_old=detached_old, max_len=max_len,
                          num_groups=num_groups, remat=remat)
 
-  def update(state: TrainState, batch):
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+  def update(state: TrainState, batch, frozen=None):
+    model_loss = loss_fn if effective is None else (
+        lambda p, b: loss_fn(effective(p, frozen), b))
+    (loss, metrics), grads = jax.value_and_grad(model_loss, has_aux=True)(state.params, batch)
     gnorm = optax.global_norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
     grads = jax.tree.map(lambda g: jnp.where(ok, g, jnp.zeros_like(g)), grads)

@@ -1,0 +1,196 @@
+"""LoRA / QLoRA: identity at init, adapter-only updates, merged and PEFT export
+parity with transformers, int8 base, bad-config errors, kill-and-resume."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from rlx import models
+from rlx.models import hf_io, lora
+from rlx.train import steps
+
+HF = dict(model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=48, hidden_size=32,
+          intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+          num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False,
+          rms_norm_eps=1e-6)
+
+
+def _model():
+  cfg = models.ModelConfig.from_hf(HF)
+  gd, params = models.init_model(cfg, jax.random.PRNGKey(0))
+  return cfg, gd, params
+
+
+def _logits(gd, params, tokens_BT):
+  B, T = tokens_BT.shape
+  pos = jnp.broadcast_to(jnp.arange(T), (B, T))
+  return models.forward(gd, params, tokens_BT, pos, jnp.ones((B, T), bool))[0]
+
+
+TOKENS = jax.random.randint(jax.random.PRNGKey(5), (2, 12), 0, 48)
+
+
+def _batch(N=4, P=4, C=4):
+  return dict(tokens=jax.random.randint(jax.random.PRNGKey(1), (N, P + C), 0, 48),
+              attn_mask=jnp.ones((N, P + C), bool), loss_mask=jnp.ones((N, C)),
+              adv=jnp.asarray([1.0, -1.0, 0.5, -0.5]), old_logp=jnp.zeros((N, C)),
+              sample_logp=jnp.zeros((N, C)), ref_logp=jnp.zeros((N, C)),
+              correct=jnp.zeros((N,), bool), group=jnp.asarray([0, 0, 1, 1]),
+              lengths=jnp.full((N,), C))
+
+
+def _trained(spec, cfg, gd, params, scales=None, n=3):
+  """Adapters after n Adam updates on a toy policy-gradient batch."""
+  effective = lambda ad, fr: lora.effective_params(spec, fr["params"], ad, fr["scales"])
+  frozen = {"params": params, "scales": scales or {}}
+  tx = optax.adam(3e-2)
+  ad = lora.init_adapters(cfg, spec, jax.random.PRNGKey(2))
+  upd = steps.make_update_fn(gd, tx, {"pg": {}}, prompt_len=4, temperature=1.0, chunk=0,
+                             detached_old=True, max_len=4, num_groups=2, effective=effective)
+  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=ad, opt_state=tx.init(ad),
+                           skipped=jnp.zeros((), jnp.int32))
+  for _ in range(n):
+    state, _ = upd(state, _batch(), frozen)
+  return state, frozen, effective
+
+
+def test_zero_init_adapters_give_the_base_logits_exactly():
+  cfg, gd, params = _model()
+  spec = lora.make_spec(cfg, 4, 8.0, "q,k,v,o,gate,up,down")
+  ad = lora.init_adapters(cfg, spec, jax.random.PRNGKey(1))
+  eff = jax.jit(lambda p, a: lora.effective_params(spec, p, a))(params, ad)
+  np.testing.assert_array_equal(_logits(gd, eff, TOKENS), _logits(gd, params, TOKENS))
+
+
+def test_only_adapters_train_and_the_base_is_untouched():
+  cfg, gd, params = _model()
+  spec = lora.make_spec(cfg, 4, 8.0, "layers/(q|v|down)")
+  assert spec.targets == ("q", "v", "down")
+  before = jax.tree.map(lambda x: np.asarray(x), params)
+  state, frozen, _ = _trained(spec, cfg, gd, params)
+  # The optimizer state holds exactly the adapter tree (Adam's mu and nu).
+  adam = state.opt_state[0]
+  for moments in (adam.mu, adam.nu):
+    assert jax.tree.structure(moments) == jax.tree.structure(state.params)
+    assert [x.shape for x in jax.tree.leaves(moments)] == [
+        x.shape for x in jax.tree.leaves(state.params)]
+  assert lora.num_bytes(state.params) < 0.2 * lora.num_bytes(params)
+  # Adapters moved (B left zero), the base is neither changed nor donated.
+  assert all(float(jnp.abs(state.params[n]["b"]).max()) > 0 for n in spec.targets)
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(frozen["params"])):
+    np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def _hf_logits(model, tokens):
+  import torch
+  with torch.no_grad():
+    return model(torch.tensor(np.asarray(tokens))).logits.float().numpy()
+
+
+def test_merged_and_peft_exports_match_rlx_in_transformers(tmp_path):
+  from peft import PeftModel
+  from transformers import AutoModelForCausalLM
+  cfg, gd, params = _model()
+  spec = lora.make_spec(cfg, 4, 8.0, "q,k,v,o,gate,up,down")
+  state, frozen, effective = _trained(spec, cfg, gd, params)
+  eff = effective(state.params, frozen)
+  want = np.asarray(_logits(gd, eff, TOKENS))
+  assert np.abs(want - np.asarray(_logits(gd, params, TOKENS))).max() > 1e-3  # adapters matter
+  hf_io.save_hf(tmp_path / "merged", cfg, jax.device_get(eff))
+  merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", torch_dtype="float32")
+  np.testing.assert_allclose(_hf_logits(merged, TOKENS), want, atol=1e-4)
+  hf_io.save_hf(tmp_path / "base", cfg, jax.device_get(params))
+  lora.export_peft(str(tmp_path / "peft"), cfg, spec, state.params, str(tmp_path / "base"))
+  base = AutoModelForCausalLM.from_pretrained(tmp_path / "base", torch_dtype="float32")
+  peft_model = PeftModel.from_pretrained(base, tmp_path / "peft").eval()
+  np.testing.assert_allclose(_hf_logits(peft_model, TOKENS), want, atol=1e-4)
+
+
+def test_qlora_int8_base_dequantizes_per_output_channel():
+  cfg, gd, params = _model()
+  spec = lora.make_spec(cfg, 4, 8.0, "q,o,down", quantize="int8")
+  q, scales = lora.quantize_base(spec, params)
+  assert q["layers"]["q"][...].dtype == jnp.int8 and params["layers"]["q"][...].dtype != jnp.int8
+  assert scales["q"].shape == (2, 1, 4, 8) and scales["o"].shape == (2, 1, 1, 32)
+  eff = lora.effective_params(spec, q, {}, scales)
+  for n in spec.targets:
+    w, e = np.asarray(params["layers"][n][...]), np.asarray(eff["layers"][n][...])
+    s = np.asarray(scales[n])
+    assert np.abs(w - e).max() <= 0.5 * s.max() + 1e-7  # round-to-nearest int8
+  base, deq = _logits(gd, params, TOKENS), _logits(gd, eff, TOKENS)
+  assert float(jnp.abs(base - deq).max()) < 2e-2
+  # Training on the int8 base moves only the adapters too.
+  state, frozen, _ = _trained(spec, cfg, gd, q, scales, n=2)
+  assert frozen["params"]["layers"]["q"][...].dtype == jnp.int8
+  assert float(jnp.abs(state.params["q"]["b"]).max()) > 0
+
+
+def _cfg(**lora_kw):
+  from rlx.train.config import base_config
+  c = base_config()
+  c.model.init = "random"
+  c.rewards = {"x": {"fn": "arith/correct", "weight": 1.0}}
+  c.model.lora.update(lora_kw)
+  return c
+
+
+@pytest.mark.parametrize("kw,needle", [
+    (dict(rank=4, targets="layers/attn_norm"), "matches no projection; valid: q, k, v, o, gate"),
+    (dict(rank=4, targets="q,zz"), "matches no projection"),
+    (dict(rank=100), "rank=100 exceeds projection 'k' (128 x 64); valid: 1..64"),
+    (dict(rank=4, quantize="nf9"), "quantize='nf9' is not one of 'none', 'int8'"),
+    (dict(rank=4, dropout=0.1), "valid: 0.0"),
+])
+def test_bad_lora_config_is_one_line_error(kw, needle):
+  from rlx.train.config import validate
+  with pytest.raises(ValueError) as e:
+    validate(_cfg(**kw))
+  assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_lora_with_a_reward_model_head_is_an_error():
+  from rlx.train.config import validate
+  c = _cfg(rank=4)
+  c.trainer = "reward_model"
+  with pytest.raises(ValueError, match="reward-model head.*valid: trainer 'rl' or rank=0"):
+    validate(c)
+  rm_cfg = models.ModelConfig.from_hf(dict(HF, architectures=["LlamaForSequenceClassification"],
+                                           num_labels=1))
+  with pytest.raises(ValueError, match="reward-model head"):
+    lora.make_spec(rm_cfg, 4, 8.0, "q")
+
+
+# ---- the RL trainer with LoRA: kill and resume is bitwise ------------------------
+from tests.test_train import _cmd, _env, _metrics, _wait_for_rows, data_file  # noqa: E402,F401
+
+LORA_FLAGS = ("--config.model.lora.rank=4", "--config.model.lora.quantize=int8")
+
+
+def test_lora_rl_kill_and_resume_is_bitwise_and_exports(data_file, tmp_path):  # noqa: F811
+  wd_a = str(tmp_path / "a")
+  p = subprocess.run(_cmd(wd_a, data_file, *LORA_FLAGS), env=_env(), capture_output=True,
+                     text=True, timeout=600)
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert os.path.exists(os.path.join(wd_a, "peft", "adapter_config.json"))
+  assert os.path.exists(os.path.join(wd_a, "hf", "config.json"))
+  wd_b = str(tmp_path / "b")
+  proc = subprocess.Popen(_cmd(wd_b, data_file, *LORA_FLAGS), env=_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  _wait_for_rows(proc, wd_b, 3)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  p = subprocess.run(_cmd(wd_b, data_file, *LORA_FLAGS), env=_env(), capture_output=True,
+                     text=True, timeout=600)
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert _metrics(wd_b) == _metrics(wd_a)
+  from safetensors.numpy import load_file
+  a, b = (load_file(os.path.join(wd, "peft", "adapter_model.safetensors")) for wd in (wd_a, wd_b))
+  assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+  assert any(abs(v).max() > 0 for k, v in a.items() if "lora_B" in k)  # the adapters trained
