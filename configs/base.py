@@ -79,7 +79,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   # Reward transforms, applied in order to the batch before the estimator and the
   # filter: [{"name": "conditioned", "target": "length", "condition": "correct"}, ...]
   # (names and options: docs/methods.md section 2).
-  c.advantage.transforms = []
+  c.advantage.transforms = ()
   # Estimator inputs and transform extras from data columns, {input: column}:
   # task_ids_N (TMN), agent_ids_N (Dr. MAS), or a transform's extras key
   # (e.g. reference_levels_GK for log_sigmoid, one value per prompt).
