@@ -89,7 +89,7 @@ def pieces(out_path: str, data_path: str) -> None:
   from rlx.train import common, steps  # pylint: disable=g-import-not-at-top
   from rlx.train.optim import make_optimizer  # pylint: disable=g-import-not-at-top
   from rlx.train.placement import Placement  # pylint: disable=g-import-not-at-top
-  from rlx.train import rl  # pylint: disable=g-import-not-at-top
+  from rlx.train import rl, rl_setup  # pylint: disable=g-import-not-at-top
 
   cfg = get_config(f"data={data_path}")
   workdir = os.path.dirname(out_path)
@@ -100,7 +100,7 @@ def pieces(out_path: str, data_path: str) -> None:
   B, G = cfg.train.batch_prompts, cfg.sampling.group_size
   N, P = B * G, cfg.data.max_prompt_len
   ptok, pmask = tokenize_prompts(tok, [r["prompt"] for r in rows], P)
-  settings = rl._settings(cfg, eval_mode=False, tokenizer=tok)
+  settings = rl_setup._settings(cfg, eval_mode=False, tokenizer=tok)
   tx = make_optimizer(cfg.optim, 10)
   loss_fn = steps.make_loss_fn(graphdef, cfg.loss.terms, prompt_len=P,
                                temperature=cfg.sampling.temperature, chunk=0, detached_old=True,
