@@ -9,7 +9,6 @@ SFT in `workdir/sft`. Restarting in the same workdir resumes.
 """
 from __future__ import annotations
 
-import ast
 import json
 import logging
 import os
@@ -106,28 +105,9 @@ def run(cfg, workdir: str, *, checked: bool = False) -> dict:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing where a bad config override or config argument (an unknown
-  key, a wrong type, an unknown task) is a one-line message and exit status 2."""
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
-    msg = str(e.args[0] if e.args else e)
-    if "Traceback (most recent call last)" in msg:  # an error inside get_config(arg)
-      msg = [line for line in msg.splitlines() if line.strip()][-1]
-    if isinstance(e, (AttributeError, KeyError)):  # repr-quoted by ml_collections / KeyError
-      try:
-        msg = str(ast.literal_eval(msg))
-      except (ValueError, SyntaxError):
-        pass
-    if isinstance(e, AttributeError):  # an override of a key the config does not have
-      first, *rest = msg.splitlines() or [""]
-      msg = " ".join([f"unknown config key {first}.", *rest,
-                      "(Overrides set existing keys; set an options dict whole, e.g. "
-                      "--config.advantage.options=\"{'eps': 1e-4}\".)"])
-    print(f"rlx: config error: {msg.strip()}", file=sys.stderr)
-    print("Usage: python -m rlx.main --config=configs/FILE.py[:ARGS] --workdir=DIR "
-          "[--config.KEY=VALUE ...]", file=sys.stderr)
-    sys.exit(2)
+  from rlx.train.config import parse_flags
+  return parse_flags(argv, "python -m rlx.main --config=configs/FILE.py[:ARGS] --workdir=DIR "
+                           "[--config.KEY=VALUE ...]")
 
 
 def main(argv):

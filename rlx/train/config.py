@@ -1,8 +1,10 @@
 """Config helpers: `:ARG` strings, validation against configs/base.py."""
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
+import sys
 from typing import Any
 
 import ml_collections as mlc
@@ -313,3 +315,28 @@ def check_traced(cfg: mlc.ConfigDict) -> None:
     key = "filter.options" if cfg.filter.name != "none" and cfg.filter.name in str(e) else (
         "advantage.options")
     raise type(e)(f"config.{key}: {e.args[0] if e.args else e}") from None
+
+
+def parse_flags(argv: list[str], usage: str) -> list[str]:
+  """absl flag parsing where a bad config override or config argument (an unknown
+  key, a wrong type, an unknown task) is a one-line message and exit status 2."""
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+    msg = str(e.args[0] if e.args else e)
+    if "Traceback (most recent call last)" in msg:  # an error inside get_config(arg)
+      msg = [line for line in msg.splitlines() if line.strip()][-1]
+    if isinstance(e, (AttributeError, KeyError)):  # repr-quoted by ml_collections / KeyError
+      try:
+        msg = str(ast.literal_eval(msg))
+      except (ValueError, SyntaxError):
+        pass
+    if isinstance(e, AttributeError):  # an override of a key the config does not have
+      first, *rest = msg.splitlines() or [""]
+      msg = " ".join([f"unknown config key {first}.", *rest,
+                      "(Overrides set existing keys; set an options dict whole, e.g. "
+                      "--config.advantage.options=\"{'eps': 1e-4}\".)"])
+    print(f"rlx: config error: {msg.strip()}", file=sys.stderr)
+    print(f"Usage: {usage}", file=sys.stderr)
+    sys.exit(2)

@@ -161,10 +161,26 @@ def _initial_state(cfg, place: Placement, policy: common.Policy, tx
   return state, ref_params, lora
 
 
+def jitted_steps(cfg, graphdef, tx, state: steps.TrainState, detached_old: bool,
+                 effective: Callable[..., Any] | None = None) -> tuple[Callable, Callable]:
+  """(logprobs, update): the config's jitted log-prob and update steps (see
+  rlx/train/steps.py; with LoRA `effective`, both take the frozen base).
+  `state` (arrays or ShapeDtypeStructs with shardings) pins the update's layout."""
+  prompt_len, chunk = cfg.data.max_prompt_len, cfg.model.logprob_chunk
+  logprobs = steps.make_logprobs_fn(graphdef, prompt_len, cfg.sampling.temperature, chunk,
+                                    effective=effective)
+  update = steps.make_update_fn(
+          graphdef, tx, cfg.loss.terms, prompt_len=prompt_len,
+          temperature=cfg.sampling.temperature, chunk=chunk, detached_old=detached_old,
+          max_len=cfg.sampling.max_new_tokens, num_groups=cfg.train.batch_prompts,
+          state_shardings=jax.tree.map(lambda x: x.sharding, state),
+          remat=False if cfg.model.remat == "none" else cfg.model.remat, effective=effective)
+  return logprobs, update
+
+
 def _stage_fns(cfg, policy: common.Policy, tx, state: steps.TrainState, scorer: Scorer,
                detached_old: bool, group_ids_N: jax.Array, lora: Lora | None) -> StageFns:
   num_groups = cfg.train.batch_prompts
-  prompt_len, chunk = cfg.data.max_prompt_len, cfg.model.logprob_chunk
   weights_K = jnp.asarray(scorer.weights)
 
   transforms = [dict(t) for t in cfg.advantage.transforms]
@@ -183,15 +199,8 @@ def _stage_fns(cfg, policy: common.Policy, tx, state: steps.TrainState, scorer: 
     filt_name, filt_opts = cfg.filter.name, dict(cfg.filter.options)
     keep = jax.jit(lambda r, v, c: adv_lib.apply_filter(
         filt_name, inputs(r, v, c), num_groups, **filt_opts)[0])
-  effective = None if lora is None else lora.effective
-  logprobs = steps.make_logprobs_fn(policy.graphdef, prompt_len, cfg.sampling.temperature,
-                                    chunk, effective=effective)
-  update = steps.make_update_fn(
-          policy.graphdef, tx, cfg.loss.terms, prompt_len=prompt_len,
-          temperature=cfg.sampling.temperature, chunk=chunk, detached_old=detached_old,
-          max_len=cfg.sampling.max_new_tokens, num_groups=num_groups,
-          state_shardings=jax.tree.map(lambda x: x.sharding, state),
-          remat=False if cfg.model.remat == "none" else cfg.model.remat, effective=effective)
+  logprobs, update = jitted_steps(cfg, policy.graphdef, tx, state, detached_old,
+                                  None if lora is None else lora.effective)
   model_params = lambda params: params
   if lora is not None:  # the frozen base is an argument of every call, never donated
     logprobs = (lambda fn: lambda p, t, m: fn(p, lora.frozen, t, m))(logprobs)
