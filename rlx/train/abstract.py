@@ -38,6 +38,7 @@ class Step:
   args: tuple                # ShapeDtypeStructs (pytrees) with shardings
   persistent: tuple          # per arg: True if it is the run's persistent state (not a transient)
   kwargs: dict = dataclasses.field(default_factory=dict)  # static arguments
+  compiled: Any = None       # set once compiled (compile_step)
 
 
 @dataclasses.dataclass
@@ -128,7 +129,7 @@ def abstract_run(cfg, mcfg, devices: Any = None) -> AbstractRun:
     merge = jax.jit(effective)
     out.append(Step("merge", merge, (state.params, frozen), (True, True)))
     merged = jax.eval_shape(effective, state.params, frozen)
-    shardings = merge.lower(state.params, frozen).compile().output_shardings
+    shardings = compile_step(out[-1]).output_shardings
     model_params, model_persistent = _with(merged, shardings), False
 
   def sample_step(name, rows, settings):
@@ -137,8 +138,10 @@ def abstract_run(cfg, mcfg, devices: Any = None) -> AbstractRun:
                     (True, model_persistent, False, False, False), {"settings": settings}))
 
   sample_step("sample", g, _settings(cfg, eval_mode=False, tokenizer=ids))
-  if cfg.train.eval_every:
-    ev = _settings(cfg, eval_mode=True, tokenizer=ids)
+  ev = _settings(cfg, eval_mode=True, tokenizer=ids)
+  # An eval with no more prompts and no longer completions needs no more memory
+  # (fewer cache rows, the same lengths): it is not compiled again.
+  if cfg.train.eval_every and (cfg.eval.batch_prompts > g or ev.max_new_tokens > c):
     sample_step("eval_sample", cfg.eval.batch_prompts, ev)
 
   tokens, mask = _batch(place, (n, p + c), jnp.int32), _batch(place, (n, p + c), jnp.bool_)
@@ -181,8 +184,10 @@ def bytes_per_device(tree: Any) -> int:
 
 
 def compile_step(step: Step):
-  """The step compiled for the running backend (XLA:CPU here)."""
-  return step.fn.lower(*step.args, **step.kwargs).compile()
+  """The step compiled for the running backend (XLA:CPU here), once."""
+  if step.compiled is None:
+    step.compiled = step.fn.lower(*step.args, **step.kwargs).compile()
+  return step.compiled
 
 
 def export_step(step: Step, platform: str) -> export.Exported:
