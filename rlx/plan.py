@@ -51,6 +51,7 @@ from typing import Any  # noqa: E402
 
 GiB = 2 ** 30
 PLATFORMS = ("cpu", "tpu", "cuda")
+TRAINING_PASSES = ("ref_logprobs", "old_logprobs", "update")  # full-length forward passes
 
 
 @dataclasses.dataclass
@@ -121,7 +122,7 @@ def _attention(mcfg, cfg, platform: str) -> str:
   return name if mcfg.attention == name else f"{name} (auto)"
 
 
-def cpu_model(mcfg, cfg):
+def cpu_model(mcfg, cfg, platform: str):
   """The model the XLA:CPU estimate compiles: a kernel the CPU lacks (splash,
   cudnn) is replaced by blockwise (also O(T) memory); (cfg, note or '')."""
   from rlx.models import attention as attn
@@ -130,7 +131,12 @@ def cpu_model(mcfg, cfg):
             f"model.attention={mcfg.attention} runs on "
             f"{'/'.join(attn.PLATFORMS[mcfg.attention])}: the XLA:CPU estimate compiles "
             "blockwise in its place")
-  return mcfg.replace(attention_platform=None), ""
+  cpu = mcfg.replace(attention_platform=None)
+  there, here = _attention(mcfg, cfg, platform), _attention(cpu, cfg, "cpu")
+  if platform != "cpu" and there != here:
+    return cpu, (f"training passes run {there} on {platform}; the XLA:CPU estimate compiles "
+                 f"{here}")
+  return cpu, ""
 
 
 def plan(cfg, mcfg, devices: Any = None) -> Plan:
@@ -148,7 +154,7 @@ def plan(cfg, mcfg, devices: Any = None) -> Plan:
     temp = int(m.temp_size_in_bytes)
     out.append(StepMemory(step.name, transient, outputs, temp,
                           persistent + transient + outputs + temp,
-                          "-" if step.name == "merge" else att))
+                          att if step.name in TRAINING_PASSES else "-"))
   mesh = " ".join(f"{k}={v}" for k, v in run.place.mesh.shape.items())
   return Plan(parts, _nbytes(run.kv_cache), out, run.place.mesh.size, mesh)
 
@@ -162,7 +168,7 @@ def lowering(cfg, mcfg, platform: str, devices: Any = None) -> dict[str, str]:
   for step in run.steps:
     try:
       abstract.export_step(step, platform)
-      out[step.name] = "ok" if step.name == "merge" else f"ok ({att} in training passes)"
+      out[step.name] = f"ok (attention {att})" if step.name in TRAINING_PASSES else "ok"
     except Exception as e:  # noqa: BLE001  (reported, not raised: that is the check)
       first = (str(e).strip().splitlines() or [type(e).__name__])[0]
       out[step.name] = f"FAILED: {type(e).__name__}: {first[:300]}"
@@ -252,7 +258,7 @@ def report(p: Plan, cfg, mcfg, hbm_gb: float, note: str = "", title: str = "") -
            "allocated); TPU/GPU compilers lay out and fuse differently."]
   if note:
     lines.append(f"  note: {note}")
-  lines.append(f"  per device{'':28s}GiB")
+  lines.append(f"  per device{'':33s}GiB")
   lora = cfg.model.lora
   names = {"parameters": "parameters" + (f" (LoRA adapters, rank {lora.rank})" if lora.rank
                                          else ""),
@@ -262,20 +268,20 @@ def report(p: Plan, cfg, mcfg, hbm_gb: float, note: str = "", title: str = "") -
            "step counters": "step counters"}
   for k, v in p.parts.items():
     if k != "step counters":
-      lines.append(f"    {names[k]:36s}{_gib(v)}")
+      lines.append(f"    {names[k]:40s}{_gib(v)}")
   if lora.rank and cfg.ref.source == "initial":
-    lines.append(f"    {'reference (the frozen base, LoRA off)':36s}{_gib(0)}")
+    lines.append(f"    {'reference (the frozen base, LoRA off)':40s}{_gib(0)}")
   elif "reference" not in p.parts:
-    lines.append(f"    {'reference (ref.source=none)':36s}{_gib(0)}")
-  lines.append(f"    {'KV cache (train sampler, k + v)':36s}{_gib(p.kv_cache)}")
+    lines.append(f"    {'reference (ref.source=none)':40s}{_gib(0)}")
+  lines.append(f"    {'KV cache (train sampler, k + v)':40s}{_gib(p.kv_cache)}")
   lines.append("    temporaries and step inputs/outputs, by step:")
   for s in p.steps:
     extra = " (incl. the KV cache)" if s.name == "sample" else ""
     att = f", attention {s.attention}" if s.attention != "-" else ""
-    lines.append(f"      {_STEP_TEXT[s.name] + extra:34s}{_gib(s.temp)}  + in/out "
+    lines.append(f"      {_STEP_TEXT[s.name] + extra:38s}{_gib(s.temp)}  + in/out "
                  f"{(s.transient_args + s.outputs) / GiB:.2f}{att}")
   s = p.peak_step
-  lines.append(f"    {'peak = persistent + ' + s.name:36s}{_gib(p.peak)}")
+  lines.append(f"    {'peak = persistent + ' + s.name:40s}{_gib(p.peak)}")
   hbm = int(hbm_gb * GiB)
   over = overflow(p, hbm)
   if over is None:
@@ -303,7 +309,7 @@ def run_plan(cfg, model: str | None, hbm_gb: float, platform: str, devices: Any 
     raise ValueError(f"--hbm_gb={hbm_gb:g} must be > 0.")
   mcfg = model_config(cfg, model, None if platform == "cpu" else platform)
   _attention(mcfg, cfg, platform)  # an implementation the platform lacks: a config error
-  cpu, note = cpu_model(mcfg, cfg)
+  cpu, note = cpu_model(mcfg, cfg, platform)
   p = plan(cfg, cpu, devices)
   src = model or (cfg.model.checkpoint if cfg.model.init == "checkpoint" else "config.model.arch")
   lines = report(p, cfg, cpu, hbm_gb, note, title=f"rlx plan: model {src}")
@@ -324,7 +330,7 @@ def run_plan(cfg, model: str | None, hbm_gb: float, platform: str, devices: Any 
     low = lowering(cfg, mcfg, platform, devices)
     lines.insert(-1, f"  {platform} lowering (jax.export, platforms=['{platform}']):")
     for k, v in low.items():
-      lines.insert(-1, f"    {_STEP_TEXT[k]:36s}{v}")
+      lines.insert(-1, f"    {_STEP_TEXT[k]:40s}{v}")
     failed = [k for k, v in low.items() if v.startswith("FAILED")]
     if failed:
       ok = False

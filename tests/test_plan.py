@@ -106,5 +106,84 @@ def test_plan_predicts_measured_peak(tmp_path):
   assert abs(r["predicted"] - r["measured"]) <= 0.25 * r["measured"], r
 
 
+
+
+TINY = {"model.arch": dict(ARCH, hidden_size=128, intermediate_size=256, num_hidden_layers=1,
+                           num_attention_heads=2, num_key_value_heads=1)}
+
+
+def test_plan_that_does_not_fit_exits_nonzero_naming_the_part():
+  out = _plan(f"--config.model.arch={TINY['model.arch']!r}", "--hbm_gb=0.001")
+  assert out.returncode == 1, out.stderr[-2000:]
+  lines = out.stdout.strip().splitlines()
+  assert any("XLA:CPU estimate" in ln for ln in lines)
+  last = lines[-1]
+  assert last.startswith("does not fit: peak "), last
+  # The tiny update's activations dominate: the update's temporaries, with their knobs.
+  assert "largest part: update (forward + backward + optimizer) temporaries" in last, last
+  for knob in ("model.remat=full", "model.attention=blockwise", "train.minibatches",
+               "train.batch_prompts / sampling.group_size", "mesh.axes"):
+    assert knob in last, (knob, last)
+
+
+def test_bad_input_is_a_one_line_config_error():
+  for args, words in ((["--model=qwen9"], "Unknown model shape 'qwen9'. Valid choices: "),
+                      (["--config.model.attention=splash"],
+                       "attention implementation 'splash' needs platform tpu")):
+    out = _plan(*args)
+    assert out.returncode == 2, out.stderr[-2000:]
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rlx: config error: ") and words in err[0], err
+
+
+def _tiny_config(**kw):
+  cfg = _small_config()
+  cfg.model.arch = TINY["model.arch"]
+  for k, v in kw.items():
+    *path, last = k.split(".")
+    node = cfg
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return cfg
+
+
+def test_lora_plan_counts_adapters_frozen_base_and_no_reference():
+  """LoRA rank 4 on q, v: parameters = the adapters, optimizer = their two AdamW
+  moments, the frozen base = the full model, no reference copy; vs full fine-tuning."""
+  import jax
+  from rlx import plan
+  cfg = _tiny_config(**{"model.lora.rank": 4, "model.lora.targets": "q,v"})
+  mcfg = plan.model_config(cfg)
+  lora = plan.plan(cfg, mcfg, jax.devices()[:1])
+  cfg.model.lora.rank = 0
+  full = plan.plan(cfg, mcfg, jax.devices()[:1])
+  d, e, L, r = mcfg.hidden_size, mcfg.head_dim, mcfg.num_layers, 4
+  adapters = 4 * L * ((d * r + r * mcfg.num_heads * e) + (d * r + r * mcfg.num_kv_heads * e))
+  assert lora.parts["parameters"] == adapters
+  assert abs(lora.parts["optimizer state"] - 2 * adapters) <= 64  # + the step counters
+  assert lora.parts["frozen base"] == full.parts["parameters"] == full.parts["reference"]
+  assert "reference" not in lora.parts
+  assert [s.name for s in lora.steps] == ["merge", "sample", "ref_logprobs", "update"]
+  assert lora.persistent < 0.4 * full.persistent
+
+
+def test_tpu_lowering_check_passes_on_a_small_config():
+  import jax
+  from rlx import plan
+  cfg = _tiny_config(**{"data.max_prompt_len": 128, "sampling.max_new_tokens": 128,
+                        "model.dtype": "bfloat16", "model.param_dtype": "bfloat16",
+                        "train.batch_prompts": 2, "sampling.group_size": 2})
+  lines, ok = plan.run_plan(cfg, None, 16.0, "tpu", jax.devices()[:1])
+  text = "\n".join(lines)
+  assert ok, text
+  assert "tpu lowering (jax.export, platforms=['tpu'])" in text
+  assert re.search(r"sample \(prefill \+ decode\)\s+ok\n", text), text
+  for step in ("reference log-probs", "update (forward + backward + optimizer)"):
+    assert re.search(rf"{re.escape(step)}\s+ok \(attention splash \(auto\)\)", text), (step, text)
+  assert "training passes run splash (auto) on tpu" in text
+  assert lines[-1].startswith("fits: ")
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["measure"]:
   print(json.dumps(_measure(sys.argv[2])))

@@ -42,8 +42,7 @@ SHAPES = {
 def hf_config(name: str) -> dict:
   """The config.json dict of built-in shape `name` (a copy)."""
   if name not in SHAPES:
-    raise KeyError(f"Unknown model shape {name!r}. Valid choices: {', '.join(SHAPES)} "
-                   "(or a config.json / Hugging Face directory).")
+    raise KeyError(f"Unknown model shape {name!r}. Valid choices: {', '.join(SHAPES)}.")
   return json.loads(json.dumps(SHAPES[name]))
 
 
@@ -56,7 +55,7 @@ def load_hf_config(name_or_path: str) -> dict:
   if os.path.isdir(path):
     path = os.path.join(path, "config.json")
   if not os.path.isfile(path):
-    raise KeyError(f"Unknown model shape {name_or_path!r}: not a built-in shape "
-                   f"({', '.join(SHAPES)}) nor a config.json / Hugging Face directory.")
+    raise KeyError(f"Unknown model shape {name_or_path!r}. Valid choices: {', '.join(SHAPES)}, "
+                   "or a config.json file / Hugging Face directory.")
   with open(path) as f:
     return json.load(f)
