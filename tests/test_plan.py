@@ -21,7 +21,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARCH = dict(model_type="qwen2", hidden_size=256, intermediate_size=1024, num_hidden_layers=2,
+ARCH = dict(model_type="qwen2", hidden_size=256, intermediate_size=2048, num_hidden_layers=1,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
             rope_theta=10000.0, tie_word_embeddings=True, rms_norm_eps=1e-6)
 CONFIG = ("gdpo.py", "task=arith,batch_prompts=4,group_size=8")
