@@ -45,9 +45,18 @@ if __name__ == "__main__":  # simulated devices: before the first import of jax
                                + f" --xla_force_host_platform_device_count={_n}")
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import copy  # noqa: E402
 import dataclasses  # noqa: E402
 import tempfile  # noqa: E402
 from typing import Any  # noqa: E402
+
+import jax  # noqa: E402
+
+from rlx import models  # noqa: E402
+from rlx.models import attention as attn  # noqa: E402
+from rlx.models import shapes  # noqa: E402
+from rlx.train import abstract, common  # noqa: E402
+from rlx.train.abstract import bytes_per_device as _nbytes  # noqa: E402
 
 GiB = 2 ** 30
 PLATFORMS = ("cpu", "tpu", "cuda")
@@ -72,7 +81,6 @@ class Plan:
   steps: list[StepMemory]
   devices: int
   mesh: str
-  lowering: dict[str, str] | None = None  # step -> "ok" / first error line (--platform)
 
   @property
   def persistent(self) -> int:
@@ -91,9 +99,6 @@ def model_config(cfg, model: str | None = None, platform: str | None = None):
   """The ModelConfig of the run (no weights read): `model` (a built-in shape,
   config.json or HF directory), else config.model.checkpoint's config.json,
   else config.model.arch with the task's tokenizer."""
-  from rlx import models
-  from rlx.models import shapes
-  from rlx.train import common
   if model:
     hf = shapes.load_hf_config(model)
   elif cfg.model.init == "checkpoint":
@@ -109,13 +114,8 @@ def model_config(cfg, model: str | None = None, platform: str | None = None):
                                     attention_platform=platform, **common.attention_options(cfg))
 
 
-def _nbytes(tree) -> int:
-  from rlx.train.abstract import bytes_per_device
-  return bytes_per_device(tree)
-
-
 def _attention(mcfg, cfg, platform: str) -> str:
-  from rlx.models import attention as attn
+  """The attention implementation of the full-length passes on `platform` ('X (auto)')."""
   t = cfg.data.max_prompt_len + cfg.sampling.max_new_tokens
   name = attn.resolve(mcfg.attention, platform, dtype=mcfg.compute_dtype, T=t, S=t,
                       E=mcfg.head_dim, static_offset=True)
@@ -125,7 +125,6 @@ def _attention(mcfg, cfg, platform: str) -> str:
 def cpu_model(mcfg, cfg, platform: str):
   """The model the XLA:CPU estimate compiles: a kernel the CPU lacks (splash,
   cudnn) is replaced by blockwise (also O(T) memory); (cfg, note or '')."""
-  from rlx.models import attention as attn
   if mcfg.attention in attn.PLATFORMS and "cpu" not in attn.PLATFORMS[mcfg.attention]:
     return (mcfg.replace(attention="blockwise", attention_platform=None),
             f"model.attention={mcfg.attention} runs on "
@@ -141,7 +140,6 @@ def cpu_model(mcfg, cfg, platform: str):
 
 def plan(cfg, mcfg, devices: Any = None) -> Plan:
   """Compiles the run's steps on abstract shapes; per-device bytes (XLA:CPU)."""
-  from rlx.train import abstract
   run = abstract.abstract_run(cfg, mcfg, devices)
   parts = {k: _nbytes(v) for k, v in run.persistent().items()}
   persistent = sum(parts.values())
@@ -161,7 +159,6 @@ def plan(cfg, mcfg, devices: Any = None) -> Plan:
 
 def lowering(cfg, mcfg, platform: str, devices: Any = None) -> dict[str, str]:
   """{step: 'ok (attention)' or the error's first line}: each step exported for `platform`."""
-  from rlx.train import abstract
   run = abstract.abstract_run(cfg, mcfg.replace(attention_platform=platform), devices)
   att = _attention(mcfg, cfg, platform)
   out = {}
@@ -184,7 +181,7 @@ def _gib(x: int) -> str:
 
 _STEP_TEXT = {"sample": "sample (prefill + decode)", "eval_sample": "eval sample",
               "merge": "LoRA merge (for sampling)", "ref_logprobs": "reference log-probs",
-              "old_logprobs": "old log-probs", "update": "update (forward + backward + optimizer)"}
+              "old_logprobs": "old log-probs", "update": "update (forward, backward, optimizer)"}
 
 
 def knobs(part: str, cfg, mcfg) -> list[str]:
@@ -273,12 +270,11 @@ def report(p: Plan, cfg, mcfg, hbm_gb: float, note: str = "", title: str = "") -
     lines.append(f"    {'reference (the frozen base, LoRA off)':40s}{_gib(0)}")
   elif "reference" not in p.parts:
     lines.append(f"    {'reference (ref.source=none)':40s}{_gib(0)}")
-  lines.append(f"    {'KV cache (train sampler, k + v)':40s}{_gib(p.kv_cache)}")
+  lines.append(f"    {'KV cache (k + v; in sample temporaries)':40s}{_gib(p.kv_cache)}")
   lines.append("    temporaries and step inputs/outputs, by step:")
   for s in p.steps:
-    extra = " (incl. the KV cache)" if s.name == "sample" else ""
     att = f", attention {s.attention}" if s.attention != "-" else ""
-    lines.append(f"      {_STEP_TEXT[s.name] + extra:38s}{_gib(s.temp)}  + in/out "
+    lines.append(f"      {_STEP_TEXT[s.name]:38s}{_gib(s.temp)}  + in/out "
                  f"{(s.transient_args + s.outputs) / GiB:.2f}{att}")
   s = p.peak_step
   lines.append(f"    {'peak = persistent + ' + s.name:40s}{_gib(p.peak)}")
@@ -296,7 +292,6 @@ def report(p: Plan, cfg, mcfg, hbm_gb: float, note: str = "", title: str = "") -
 
 
 def num_params_of(mcfg) -> int:
-  from rlx import models
   return models.num_params(models.abstract_model(mcfg)[1])
 
 
@@ -315,7 +310,6 @@ def run_plan(cfg, model: str | None, hbm_gb: float, platform: str, devices: Any 
   lines = report(p, cfg, cpu, hbm_gb, note, title=f"rlx plan: model {src}")
   ok = overflow(p, int(hbm_gb * GiB)) is None
   if cfg.model.lora.rank:
-    import copy
     full = copy.deepcopy(cfg)
     full.model.lora.rank = 0
     q = plan(full, cpu, devices)
@@ -347,7 +341,6 @@ def main(argv):
     check_names(cfg)
     if cfg.trainer != "rl":
       raise ValueError(f"config.trainer={cfg.trainer!r}: rlx.plan plans RL runs; valid: rl.")
-    import jax
     if _DEVICES.value and jax.device_count() != _DEVICES.value:
       raise ValueError(f"--devices={_DEVICES.value} but jax sees {jax.device_count()} "
                        f"{jax.default_backend()} device(s); run rlx.plan as "

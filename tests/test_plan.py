@@ -120,7 +120,7 @@ def test_plan_that_does_not_fit_exits_nonzero_naming_the_part():
   last = lines[-1]
   assert last.startswith("does not fit: peak "), last
   # The tiny update's activations dominate: the update's temporaries, with their knobs.
-  assert "largest part: update (forward + backward + optimizer) temporaries" in last, last
+  assert "largest part: update (forward, backward, optimizer) temporaries" in last, last
   for knob in ("model.remat=full", "model.attention=blockwise", "train.minibatches",
                "train.batch_prompts / sampling.group_size", "mesh.axes"):
     assert knob in last, (knob, last)
@@ -179,7 +179,7 @@ def test_tpu_lowering_check_passes_on_a_small_config():
   assert ok, text
   assert "tpu lowering (jax.export, platforms=['tpu'])" in text
   assert re.search(r"sample \(prefill \+ decode\)\s+ok\n", text), text
-  for step in ("reference log-probs", "update (forward + backward + optimizer)"):
+  for step in ("reference log-probs", "update (forward, backward, optimizer)"):
     assert re.search(rf"{re.escape(step)}\s+ok \(attention splash \(auto\)\)", text), (step, text)
   assert "training passes run splash (auto) on tpu" in text
   assert lines[-1].startswith("fits: ")
