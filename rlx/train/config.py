@@ -11,7 +11,8 @@ from rlx.registry import check_choice
 
 # Keys whose values are free-form dicts, checked by the function they configure.
 FREE_FORM = ("advantage.options", "advantage.transforms", "advantage.columns", "advantage.inputs",
-             "filter.options", "loss.terms", "rewards", "data.fields", "data.task_options", "model.arch", "mesh.axes", "mesh.dcn_axes")
+             "filter.options", "loss.terms", "rewards", "data.fields", "data.task_options",
+             "model.arch", "mesh.axes", "mesh.dcn_axes")
 
 
 def parse_arg(arg: str | None, defaults: dict[str, Any]) -> dict[str, Any]:
