@@ -64,10 +64,11 @@ class Round:
 
 
 def _producer(name: str, shape: Callable[[Mapping[str, Any], Sizes], tuple[int, ...]],
-              dtype: Any):
-  """Registers a producer `fn(round, **options) -> array` with its output shape and dtype."""
+              dtype: Any, check: Callable[[Mapping[str, Any]], Any] | None = None):
+  """Registers a producer `fn(round, **options) -> array` with its output shape,
+  dtype and a start-up check of its options (registry names they hold)."""
   def register(fn):
-    fn.shape, fn.dtype = shape, np.dtype(dtype)
+    fn.shape, fn.dtype, fn.check = shape, np.dtype(dtype), check
     return INPUTS.register(name)(fn)
   return register
 
@@ -83,6 +84,8 @@ def check_inputs(cfg_inputs: Mapping[str, Any]) -> dict[str, tuple[Callable, dic
     options = {k: v for k, v in dict(spec).items() if k != "name"}
     try:
       fn = INPUTS.check_options(spec["name"], options)
+      if fn.check is not None:
+        fn.check(options)
     except (KeyError, TypeError, ValueError) as e:
       raise type(e)(f"{where}: {e.args[0] if e.args else e}") from None
     out[key] = (fn, options)
@@ -171,7 +174,8 @@ def turn_ids(rnd: Round, *, delimiter: str, max_turns: int) -> np.ndarray:
   return out
 
 
-@_producer("turn_scores", lambda o, s: (s.n, o["max_turns"]), np.float32)
+@_producer("turn_scores", lambda o, s: (s.n, o["max_turns"]), np.float32,
+           check=lambda o: REWARD_FNS.get(o["reward"]))
 def turn_scores(rnd: Round, *, delimiter: str, max_turns: int, reward: str,
                 kwargs: Mapping[str, Any] | None = None) -> np.ndarray:
   """turn_scores_NU [n, U = max_turns]: the reward function `reward` (a
@@ -214,7 +218,8 @@ def _outcomes(p_RR: np.ndarray, tie_margin: float) -> np.ndarray:
   return outcome_matrix(p_RR, tie_margin)
 
 
-@_producer("pairwise", lambda o, s: (s.n, s.r), np.float32)
+@_producer("pairwise", lambda o, s: (s.n, s.r), np.float32,
+           check=lambda o: o.get("fn") is None or PAIRWISE_FNS.get(o["fn"]))
 def pairwise(rnd: Round, *, fn: str | None = None, reward: str | None = None,
              kwargs: Mapping[str, Any] | None = None, temperature: float = 1.0,
              tie_margin: float = 0.0) -> np.ndarray:
