@@ -85,6 +85,15 @@ def test_reference_samples_need_a_reference_policy(tmp_path):
     check_names(cfg)
 
 
+def test_an_input_has_one_source(tmp_path):
+  cfg = _config(tmp_path, **{
+      "advantage.columns": {"agent_ids_N": "task"},
+      "advantage.inputs": {"agent_ids_N": {"name": "agent_parser", "patterns": ["x"]}}})
+  with pytest.raises(ValueError, match="config.advantage.inputs.agent_ids_N: also set in "
+                     "config.advantage.columns"):
+    check_names(cfg)
+
+
 def test_columns_provide_the_inputs(tmp_path):
   cfg = _config(tmp_path, **{
       "advantage.estimator": "agent_grouping", "advantage.options": {"num_agents": 2},

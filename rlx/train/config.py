@@ -258,6 +258,10 @@ def check_names(cfg: mlc.ConfigDict) -> None:
     for i, spec in enumerate(cfg.advantage.transforms):
       wrap(f"advantage.transforms[{i}]", lambda: _check_transform(spec))
     from rlx.train import structured
+    both = sorted(set(cfg.advantage.inputs) & set(cfg.advantage.columns))
+    if both:
+      raise ValueError(f"config.advantage.inputs.{both[0]}: also set in "
+                       f"config.advantage.columns; give each input one source.")
     for key, (fn, _) in structured.check_inputs(cfg.advantage.inputs).items():
       if fn is structured.reference_samples and cfg.ref.source == "none":
         raise ValueError(f"config.advantage.inputs.{key}: reference_samples samples the "
