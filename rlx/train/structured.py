@@ -115,9 +115,14 @@ def produce(inputs: Mapping[str, tuple[Callable, dict[str, Any]]], rnd: Round
 # ---- token positions --------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1 << 17)
+def _piece(tokenizer: Any, token_id: int) -> str:
+  return tokenizer.decode([token_id])
+
+
 def _token_starts(tokenizer: Any, ids: Sequence[int]) -> tuple[str, np.ndarray]:
   """(text, start character of each token): the concatenated token texts."""
-  pieces = [tokenizer.decode([int(i)]) for i in ids]
+  pieces = [_piece(tokenizer, int(i)) for i in ids]
   ends = np.cumsum([len(p) for p in pieces]).astype(np.int64)
   return "".join(pieces), ends - np.asarray([len(p) for p in pieces], np.int64)
 
