@@ -33,7 +33,7 @@ from rlx.train.config import base_config, parse_arg
 DEFAULTS = dict(model="runs/smollm2", estimator="gdpo", seed=0, steps=40, prompts=4, group=4,
                 categories="simple_python+parallel", new_tokens=128, prompt_len=384,
                 num_eval=48, eval_every=10, lr=2e-6, dtype="float32", kl=0.01,
-                trainer="rl", sft_steps=40, sft_batch=4, sft_lr=2e-5)
+                trainer="rl", sft_steps=10, sft_batch=4, sft_lr=1e-4)
 
 # Estimator options of the GDPO paper's comparison (eps as configs/gdpo.py).
 OPTIONS = {"gdpo": {"eps": 1e-4}, "grpo": {"eps": 1e-4}}
