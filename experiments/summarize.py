@@ -196,21 +196,43 @@ def paired_deltas(st: dict[str, Any], base: str = "grpo") -> dict[str, dict[str,
   return out
 
 
+def _run_config(d: str) -> dict[str, Any]:
+  """The config.json rlx.main saved in a run's directory ({} if absent)."""
+  path = os.path.join(d, "config.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def _sft_targets(cell: dict[str, Any]) -> str:
+  rate = _run_config(cell.get("sft_dir", "")).get("sft", {}).get("corrupt_rate", 0.3)
+  return (f"{rate:.0%}-corrupted demonstrations" if rate else
+          "the task's demonstrations, uncorrupted (e.g. bfcl's ground-truth calls)")
+
+
+def _eval_decoding(cell: dict[str, Any]) -> str:
+  t = _run_config(cell["dir"]).get("eval", {}).get("temperature", 1.0)
+  return "greedy" if t == 0 else f"sampled at temperature {t:g}"
+
+
 def cellset_markdown(cellset: str, cells: list[dict[str, Any]], st: dict[str, Any]) -> str:
   c0 = cells[0]
   names, viol = st["names"], st["violations"]
   w = c0["rewards"]
   arch = c0.get("arch", {})
+  model = (f"policy {arch['checkpoint']}" if "checkpoint" in arch else
+           f"{arch.get('num_hidden_layers')} layers, width {arch.get('hidden_size')}")
   lines = [f"# {cellset}: held-out rewards after RL", "",
            f"Task `{c0['task']}`, variant `{c0['variant']}`, scale `{c0['scale']}` "
-           f"({arch.get('num_hidden_layers')} layers, width {arch.get('hidden_size')}, "
-           f"completions up to {c0.get('max_new_tokens')} tokens). Rewards (weight): "
+           f"({model}, completions up to {c0.get('max_new_tokens')} tokens). Rewards (weight): "
            + ", ".join(f"`{n}` ({w[n]:g})" for n in names)
            + ". A weight of 0 is logged, not optimized.", "",
-           f"Budget per cell: SFT {c0['sft_steps']} steps x {c0['sft_batch']} on 30%-corrupted "
-           f"demonstrations (shared by the estimators of a seed), then {c0['steps']} RL steps of "
-           f"{c0.get('batch_prompts')} prompts x {c0.get('group_size')} completions. Held-out: "
-           "the task's test prompts, sampled at temperature 1. Mean ± std (ddof 1) over seeds.", "",
+           f"Budget per cell: SFT {c0['sft_steps']} steps x {c0['sft_batch']} on "
+           f"{_sft_targets(c0)} (shared by the estimators of a seed), then {c0['steps']} RL "
+           f"steps of {c0.get('batch_prompts')} prompts x {c0.get('group_size')} completions. "
+           f"Held-out: the task's test prompts, {_eval_decoding(c0)}. Mean ± std (ddof 1) over "
+           "seeds.", "",
            "Machine(s): " + "; ".join(sorted({_machine(c["machine"]) for c in cells})) + ".", ""]
   head = (["estimator", "seeds"] + [f"`{n}`" for n in names]
           + [f"{lab} (1 - `{n}`)" for lab, n in viol] + ["length (chars)"])

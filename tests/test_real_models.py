@@ -130,3 +130,30 @@ def test_two_rl_steps_on_bfcl(smollm2, tmp_path):
       assert 0.0 <= r[f"reward/{k}/mean"] <= 1.0
     assert np.isfinite(r["loss"]) and r["completion/length_max"] <= 24
   assert {"eval/format", "eval/correct"} <= set(rows[2])
+
+
+def test_sft_pairs_on_bfcl_are_train_ground_truth_within_prompt_len(smollm2):
+  """configs/real_bfcl.py:trainer=sft trains on the train split's rows whose chat
+  prompts fit max_prompt_len, with the ground-truth call blocks as completions;
+  those score format = correct = 1 with the task's rewards."""
+  from rlx.data.batch import encode_prompts
+  from rlx.data.tasks import bfcl
+  from rlx.rewards.registry import REWARD_FNS
+  from rlx.train import sft
+  from rlx.train.config import load_config
+  cfg = load_config("real_bfcl.py", f"model={smollm2},trainer=sft,categories=simple_python,"
+                    "prompt_len=320")
+  tok = hf_io.load_tokenizer(smollm2)
+  prompts, comps = sft._sft_pairs(cfg, 10000, 0, tok)  # pylint: disable=protected-access
+  task = bfcl.BFCLTask(categories=["simple_python"])
+  train = {json.dumps(r["prompt"]): r for r in task.make_examples(0, 10000, "train")}
+  test = {json.dumps(r["prompt"]) for r in task.make_examples(0, 10000, "test")}
+  fits = [k for k, ids in zip(train, encode_prompts(tok, [r["prompt"] for r in train.values()],
+                                                    True)) if len(ids) <= 320]
+  assert sorted(json.dumps(p) for p in prompts) == sorted(fits) and 0 < len(fits) < len(train)
+  assert not {json.dumps(p) for p in prompts} & test
+  rows = [train[json.dumps(p)] for p in prompts]
+  assert comps == [r["demo"] for r in rows]
+  cols = {k: [r[k] for r in rows] for k in ("functions", "ground_truth")}
+  for name in ("bfcl/format", "bfcl/correct"):
+    assert REWARD_FNS.get(name)(prompts, comps, **cols) == [1.0] * len(rows)

@@ -124,6 +124,30 @@ def test_bfcl_rewards_graded_and_format():
   assert cor == pytest.approx([1.0, (0.5 + 3) / 7, 1.0, (1 + 3 + 2) / 7, 0.0, (1 + 3 + 2) / 7])
 
 
+def test_bfcl_sft_targets_score_one_with_the_tasks_rewards():
+  """Each row's 'demo' (the ground truth in the prompt's call convention, the SFT
+  target) gets format = correct = 1 from the registered rewards, on every row of
+  every category but the five whose ground truth contradicts the function docs;
+  corrupt(rate=1) lowers one of the two rewards."""
+  task = bfcl.BFCLTask(categories=bfcl.CATEGORIES)
+  rows = [r for _, r in task.problems()]
+  assert len(rows) == 2351 and not task.skipped
+  cols = {k: [r[k] for r in rows] for k in ("functions", "ground_truth")}
+  demos = [r["demo"] for r in rows]
+  fmt = REWARD_FNS.get("bfcl/format")([r["prompt"] for r in rows], demos, **cols)
+  cor = REWARD_FNS.get("bfcl/correct")([r["prompt"] for r in rows], demos, **cols)
+  assert fmt == [1.0] * len(rows)
+  assert sorted(r["id"] for r, c in zip(rows, cor) if c != 1.0) == [
+      "live_multiple_507-149-4", "live_multiple_862-181-3", "live_multiple_964-207-0",
+      "live_simple_106-63-0", "live_simple_112-68-0"]
+  bad = [task.corrupt(d, seed, 1.0) for seed, d in enumerate(demos[:200])]
+  fmt = REWARD_FNS.get("bfcl/format")([None] * 200, bad, **{k: v[:200] for k, v in cols.items()})
+  cor = REWARD_FNS.get("bfcl/correct")([None] * 200, bad, **{k: v[:200] for k, v in cols.items()})
+  assert all(f < 1.0 or c < 1.0 for f, c in zip(fmt, cor))
+  assert 0 < sum(f == 0.0 for f in fmt) < 200  # both kinds of flaw occur
+  assert task.corrupt(demos[0], 0, 0.0) == demos[0]
+
+
 def test_bfcl_splits_and_messages():
   task = get_task("bfcl", categories=["simple_python", "parallel"], split_seed=3)
   train, test = task.make_examples(0, 10000, "train"), task.make_examples(1, 10000, "test")

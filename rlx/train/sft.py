@@ -1,6 +1,7 @@
 """Supervised fine-tuning on (prompt, completion) pairs: the warm start for RL.
 
-Built-in tasks supply demonstrations, corrupted at `config.sft.corrupt_rate`
+Built-in tasks supply demonstrations from their train split (a real-data
+task's ground truth, e.g. bfcl's calls), corrupted at `config.sft.corrupt_rate`
 so that the SFT policy is imperfect and RL has room to improve. The result is
 written in Hugging Face layout to `workdir/hf`.
 """
@@ -23,14 +24,15 @@ from rlx.train.checkpoint import Checkpointer
 from rlx.train.metrics import MetricsWriter, plot_curves, read_jsonl
 
 
-def _sft_pairs(cfg, n: int, seed: int) -> tuple[list[str], list[str]]:
+def _sft_pairs(cfg, n: int, seed: int, tokenizer) -> tuple[list[str], list[str]]:
   task = common.task_or_none(cfg)
   if task is None:
     rows = common.load_rows(cfg, "train", n)
     if not rows or "completion" not in rows[0]:
       raise ValueError("SFT on a file needs a 'completion' field (map it with config.data.fields).")
     return [r["prompt"] for r in rows], [r["completion"] for r in rows]
-  rows = task.make_examples(seed=seed, n=n, split="train")
+  # The train split's rows whose prompts fit config.data.max_prompt_len (as in RL).
+  rows = common.load_rows(cfg, "train", n, tokenizer=tokenizer)
   rng = np.random.default_rng(seed)
   comps = [task.corrupt(r["demo"], rng, cfg.sft.corrupt_rate, row=r) for r in rows]
   return [r["prompt"] for r in rows], comps
@@ -63,7 +65,7 @@ def train_sft(cfg, workdir: str) -> str:
     u, o = tx.update(g, o, p)
     return optax.apply_updates(p, u), o, loss
 
-  prompts, comps = _sft_pairs(cfg, min(cfg.data.num_train, steps * bs), cfg.seed)
+  prompts, comps = _sft_pairs(cfg, min(cfg.data.num_train, steps * bs), cfg.seed, tok)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=1)
   start = 0
   if ckpt.latest_step() is not None:

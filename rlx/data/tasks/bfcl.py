@@ -31,6 +31,12 @@ Rewards (columns 'functions' and 'ground_truth', JSON strings):
                 Jaccard of the names. correct == 1 exactly when BFCL's AST
                 checker accepts the calls (tests/test_real_tasks.py checks
                 this against bfcl-eval's own checker).
+SFT targets (the row's 'demo', for a warm start with config.trainer='sft'):
+the ground truth in the prompt's convention, one block with every gold call
+in order, each argument at its first accepted value that the checker takes
+(a dict value: each key at its first value), left out when none is and
+omission is accepted. They score format = 1, and correct = 1 except where
+the ground truth contradicts the function docs (5 live_* rows).
 Values are compared as BFCL's Python AST checker does (`accepted_value`):
 declared types (int accepted for float), strings compared after removing
 spaces and ,./-_*^ and lower-casing, lists and dicts element-wise.
@@ -44,7 +50,7 @@ import os
 import re
 from typing import Any, Sequence
 
-from rlx.data.tasks.base import TASKS
+from rlx.data.tasks.base import TASKS, as_random
 from rlx.rewards.rules import completion_text, get_column
 from rlx.data.tasks.dataset import DatasetTask, Filtered, file_records, package_dir
 from rlx.rewards.registry import REWARD_FNS
@@ -252,6 +258,38 @@ def correct_reward(prompts, completions, **columns) -> list[float | None]:
           for c, f, g in zip(completions, fns, gts)]
 
 
+def _first_value(value: Any) -> Any:
+  # A dict value is accepted per key ({key: [values]}); a list of dicts per element.
+  if isinstance(value, dict) and all(isinstance(v, list) for v in value.values()):
+    return {k: _first_value(v[0]) for k, v in value.items() if v and v[0] != ""}
+  if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+    return [_first_value(v) for v in value]
+  return value
+
+
+def demo_args(gold_args: dict[str, list[Any]], doc: dict[str, Any]) -> dict[str, Any]:
+  """Each argument at its first value that `accepted_value` takes; left out if
+  none is and omission is accepted ("" among the values), e.g. an argument the
+  function's doc does not declare."""
+  props = doc.get("parameters", {}).get("properties", {})
+  out = {}
+  for k, acc in gold_args.items():
+    values = [_first_value(v) for v in acc if v != ""]
+    ok = [v for v in values if k in props and accepted_value(v, acc, props[k])]
+    if ok or (values and "" not in acc):
+      out[k] = (ok or values)[0]
+  return out
+
+
+def demo_text(functions: Sequence[dict[str, Any]],
+              ground_truth: Sequence[dict[str, dict[str, list[Any]]]]) -> str:
+  """The SFT target of a ground truth: one block with its calls in order."""
+  docs = {f["name"]: f for f in functions}
+  calls = [{"name": name, "arguments": demo_args(args, docs.get(name, {}))}
+           for g in ground_truth for name, args in g.items()]
+  return OPEN + json.dumps(calls, ensure_ascii=False) + CLOSE
+
+
 def system_prompt(functions: Sequence[dict[str, Any]]) -> str:
   return SYSTEM_PROMPT.format(tools=json.dumps(list(functions), ensure_ascii=False))
 
@@ -307,4 +345,20 @@ class BFCLTask(DatasetTask):
     if self.max_prompt_chars and sum(len(m["content"]) for m in prompt) > self.max_prompt_chars:
       raise Filtered(f"prompt longer than max_prompt_chars={self.max_prompt_chars}")
     return {"prompt": prompt, "id": record["id"], "category": record["category"],
-            "functions": json.dumps(functions), "ground_truth": json.dumps(gold)}
+            "functions": json.dumps(functions), "ground_truth": json.dumps(gold),
+            "demo": demo_text(functions, gold)}
+
+  def corrupt(self, demo: str, rng: Any, rate: float,
+              row: dict[str, Any] | None = None) -> str:
+    """With prob. `rate`: no closing tag (format 0) or one argument null (correct < 1)."""
+    del row
+    rng = as_random(rng)
+    if rng.random() >= rate:
+      return demo
+    calls = json.loads(demo[len(OPEN):-len(CLOSE)])
+    with_args = [c for c in calls if c["arguments"]]
+    if not with_args or rng.random() < 0.5:
+      return demo[:-len(CLOSE)]
+    args = rng.choice(with_args)["arguments"]
+    args[rng.choice(sorted(args))] = None
+    return OPEN + json.dumps(calls, ensure_ascii=False) + CLOSE
