@@ -44,7 +44,7 @@ def _exported(platform):
   nc = sd((N, C), jnp.float32)
   batch = {"tokens": tokens, "attn_mask": mask, "loss_mask": sd((N, C), jnp.bool_),
            "adv": sd((N,), jnp.float32), "old_logp": nc, "sample_logp": nc, "ref_logp": nc}
-  update = steps.make_update_fn(graphdef, tx, TERMS, prompt_len=P, temperature=1.0, chunk=128,
+  update = steps.make_update_fn(graphdef, tx, TERMS, temperature=1.0, chunk=128,
                                 detached_old=True, max_len=C)
   out["update"] = exp(update, state, batch)
   return out
