@@ -108,8 +108,9 @@ def test_pack_places_every_sequence_once_in_its_own_segment():
     assert np.all(unpack[i, c:] == 0)
 
 
-@pytest.mark.parametrize("attention,token_adv", [("dense", False), ("blockwise", True)])
-def test_trimmed_and_packed_loss_and_grads_equal_padded(attention, token_adv):
+@pytest.mark.parametrize("attention,token_adv,packing", [("dense", False, False),
+                                                         ("blockwise", True, True)])
+def test_trimmed_and_packed_loss_and_grads_equal_padded(attention, token_adv, packing):
   graphdef, params = _model(attention)
   ro = _rollout()
   rng = np.random.default_rng(2)
@@ -120,25 +121,24 @@ def test_trimmed_and_packed_loss_and_grads_equal_padded(attention, token_adv):
                                max_len=C, num_groups=2)
   grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
   (loss0, m0), g0 = grad_fn(params, _batch(ro, ref_full, adv))
-  for packing in (False, True):
-    run = _run(graphdef, packing=packing)
-    t = rl.trimmed(run, ro, jax.tree.map(np.asarray, ro))
-    assert t.trim == layout.Trim(8, 32)
-    # the reference pass itself runs trimmed (and packed) and equals the padded one
-    ref = rl.device_logprobs(run, jax.tree.map(lambda x: x * 1.01, params), t)
-    assert ref.shape == (N, 32)
-    np.testing.assert_allclose(ref, ref_full[:, :32], atol=1e-5)
-    batch = _batch(t.rollout, ref, adv)
-    assert batch["tokens"].shape == (N, 40)
-    if packing:
-      batch.update(rl.packing(run, PROMPT_N, COMPLETION_N, t.trim))
-      assert batch["pack_src"].shape == (2, 40)
-    (loss, m), g = grad_fn(params, batch)
-    np.testing.assert_allclose(loss, loss0, rtol=1e-5, atol=1e-6)
-    for k in m0:
-      np.testing.assert_allclose(m[k], m0[k], rtol=1e-5, atol=1e-6, err_msg=k)
-    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g0)):  # DRPO's gradients reach ~50
-      assert np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(b).max()), (packing, a.shape)
+  run = _run(graphdef, packing=packing)
+  t = rl.trimmed(run, ro, jax.tree.map(np.asarray, ro))
+  assert t.trim == layout.Trim(8, 32)
+  # the reference pass itself runs trimmed (and packed) and equals the padded one
+  ref = rl.device_logprobs(run, jax.tree.map(lambda x: x * 1.01, params), t)
+  assert ref.shape == (N, 32)
+  np.testing.assert_allclose(ref, ref_full[:, :32], atol=1e-5)
+  batch = _batch(t.rollout, ref, adv)
+  assert batch["tokens"].shape == (N, 40)
+  if packing:
+    batch.update(rl.packing(run, PROMPT_N, COMPLETION_N, t.trim))
+    assert batch["pack_src"].shape == (2, 40)  # 6 rows of 40 -> 2
+  (loss, m), g = grad_fn(params, batch)
+  np.testing.assert_allclose(loss, loss0, rtol=1e-5, atol=1e-6)
+  for k in m0:
+    np.testing.assert_allclose(m[k], m0[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g0)):  # DRPO's gradients reach ~50
+    assert np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(b).max()), a.shape
 
 
 def test_warm_buckets_do_not_recompile():
@@ -146,27 +146,35 @@ def test_warm_buckets_do_not_recompile():
   log-prob and update functions (jit cache sizes stay put)."""
   graphdef, params = _model()
   tx = optax.sgd(1e-3)
-  update = steps.make_update_fn(graphdef, tx, {"pg": {}, "kl": {"coef": 0.04}}, temperature=1.0,
-                                chunk=0, detached_old=True, max_len=C, num_groups=2)
-  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                           opt_state=tx.init(params), skipped=jnp.zeros((), jnp.int32))
   for packing in (False, True):
     run = _run(graphdef, packing=packing)
+    place = run.place  # as in rlx/train/rl_setup.py: the state keeps its layout
+    params = place.put_params(params)
+    state = steps.TrainState(step=place.replicated(np.zeros((), np.int32)), params=params,
+                             opt_state=place.init_opt_state(tx, params,
+                                                            place.param_shardings(params)),
+                             skipped=place.replicated(np.zeros((), np.int32)))
+    update = steps.make_update_fn(graphdef, tx, {"pg": {}, "kl": {"coef": 0.04}},
+                                  temperature=1.0, chunk=0, detached_old=True, max_len=C,
+                                  num_groups=2,
+                                  state_shardings=jax.tree.map(lambda x: x.sharding, state))
     sizes = []
+    # The first update's output state has the pinned shardings in XLA's normal
+    # form (P() on this 1-device mesh), so the second step compiles once more
+    # whatever the lengths: the counts are compared from the second step on.
     for seed, (prompt_N, completion_N) in enumerate([
-        ([3, 5, 2, 7, 4, 6], [5, 17, 1, 9, 12, 3]),   # buckets 8, 32
-        ([8, 1, 6, 2, 5, 5], [20, 2, 31, 4, 1, 6]),   # 8, 32 again: other lengths
-        ([2, 2, 5, 8, 3, 6], [32, 30, 18, 3, 9, 25]), # 8, 32 again: more packed rows
+        ([3, 5, 2, 7, 4, 6], [5, 17, 1, 9, 12, 3]),   # buckets 8, 32; packed in 2 rows
+        ([3, 5, 2, 7, 4, 6], [5, 17, 1, 9, 12, 3]),
+        ([8, 1, 6, 2, 5, 5], [20, 2, 14, 4, 1, 6]),   # the same buckets, other lengths
         ([3, 1, 2, 4, 2, 3], [5, 3, 1, 9, 12, 3])]):  # 4, 16: a new bucket compiles once
-      ro = _rollout(np.asarray(prompt_N), np.asarray(completion_N), seed)
-      t = rl.trimmed(run, ro, jax.tree.map(np.asarray, ro))
+      local = jax.tree.map(np.asarray, _rollout(np.asarray(prompt_N), np.asarray(completion_N),
+                                                seed))
+      t = rl.trimmed(run, place.to_global(local, N), local)
       ref = rl.device_logprobs(run, state.params, t)
       batch = _batch(t.rollout, ref, jnp.ones((N,), jnp.float32))
       if packing:
         batch.update(rl.packing(run, t.prompt_len_N, t.completion_len_N, t.trim))
       state, _ = update(state, batch)
       sizes.append((run.fns.logprobs._cache_size(), update._cache_size()))
-    assert sizes[0] == sizes[1], sizes  # same buckets, other lengths: no compile
-    if not packing:  # packed, the third batch needs 4 rows where the first two took 2
-      assert sizes[1] == sizes[2] == (1, 1), sizes
-    assert sizes[3][0] == sizes[2][0] + 1, sizes  # new bucket: exactly one more compile
+    assert sizes[1] == sizes[2], sizes  # same buckets, other lengths: no compile
+    assert sizes[3] == (sizes[2][0] + 1, sizes[2][1] + 1), sizes  # one more compile each
