@@ -144,12 +144,12 @@ def test_trimmed_and_packed_loss_and_grads_equal_padded(attention, token_adv, pa
 def test_warm_buckets_do_not_recompile():
   """Steps whose lengths differ but fall in the same buckets reuse the compiled
   log-prob and update functions (jit cache sizes stay put)."""
-  graphdef, params = _model()
+  graphdef, params0 = _model()
   tx = optax.sgd(1e-3)
   for packing in (False, True):
     run = _run(graphdef, packing=packing)
     place = run.place  # as in rlx/train/rl_setup.py: the state keeps its layout
-    params = place.put_params(params)
+    params = place.put_params(jax.tree.map(jnp.copy, params0))  # the update donates it
     state = steps.TrainState(step=place.replicated(np.zeros((), np.int32)), params=params,
                              opt_state=place.init_opt_state(tx, params,
                                                             place.param_shardings(params)),
