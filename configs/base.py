@@ -84,6 +84,11 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   # task_ids_N (TMN), agent_ids_N (Dr. MAS), or a transform's extras key
   # (e.g. reference_levels_GK for log_sigmoid, one value per prompt).
   c.advantage.columns = mlc.ConfigDict()
+  # Estimator inputs the loop produces each round, {input: {name: producer, **options}}
+  # (rlx/train/structured.py): pairwise_NM (pairwise, judge), phase_mask_NZT
+  # (phase_split), turn_scores_NU / turn_ids_NT (turn_scores / turn_ids),
+  # agent_ids_N (agent_parser), reference_rewards_GMK (reference_samples).
+  c.advantage.inputs = mlc.ConfigDict()
 
   # Dynamic sampling: drop groups the filter rejects, re-sample up to
   # `max_rounds` extra rounds to fill the batch.

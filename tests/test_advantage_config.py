@@ -53,6 +53,20 @@ def test_transforms_and_task_column_run_in_the_loop(tmp_path):
      "config.advantage.columns.agent_ids_N"),
     ({"advantage.transforms": [{"name": "log_sigmoid"}]},
      "config.advantage.columns.reference_levels_GK"),
+    ({"advantage.transforms": [{"name": "calibrate"}]},
+     "config.advantage.inputs.reference_rewards_GMK"),
+    ({"advantage.estimator": "pref_grpo"},
+     "pref_grpo needs AdvantageInputs.pairwise_NM, which is None: set "
+     "config.advantage.inputs.pairwise_NM"),
+    ({"advantage.estimator": "f_grpo"},
+     "f_grpo needs AdvantageInputs.phase_mask_NZT, which is None: set "
+     "config.advantage.inputs.phase_mask_NZT to a producer (phase_split)"),
+    ({"advantage.estimator": "mapo"}, "mapo needs AdvantageInputs.turn_scores_NU"),
+    ({"advantage.estimator": "mapo", "advantage.inputs": {"turn_scores_NU": {
+        "name": "turn_scores", "delimiter": "\n", "max_turns": 3, "reward": "arith/correct"}}},
+     "config.advantage.inputs.turn_ids_NT"),
+    ({"advantage.estimator": "agent_grouping", "advantage.options": {"num_agents": 2}},
+     "config.advantage.inputs.agent_ids_N to a producer (agent_parser)"),
 ])
 def test_an_input_the_config_does_not_provide_fails_at_start_up(tmp_path, updates, needle):
   cfg = _config(tmp_path, **updates)
@@ -60,6 +74,24 @@ def test_an_input_the_config_does_not_provide_fails_at_start_up(tmp_path, update
   with pytest.raises((KeyError, ValueError)) as e:
     check_traced(cfg)
   assert needle in str(e.value)
+
+
+def test_reference_samples_need_a_reference_policy(tmp_path):
+  cfg = _config(tmp_path, **{
+      "ref.source": "none", "loss.terms": {"pg": {}},
+      "advantage.inputs": {"reference_rewards_GMK": {"name": "reference_samples", "samples": 2}}})
+  with pytest.raises(ValueError, match="config.advantage.inputs.reference_rewards_GMK: "
+                     "reference_samples samples the reference policy"):
+    check_names(cfg)
+
+
+def test_an_input_has_one_source(tmp_path):
+  cfg = _config(tmp_path, **{
+      "advantage.columns": {"agent_ids_N": "task"},
+      "advantage.inputs": {"agent_ids_N": {"name": "agent_parser", "patterns": ["x"]}}})
+  with pytest.raises(ValueError, match="config.advantage.inputs.agent_ids_N: also set in "
+                     "config.advantage.columns"):
+    check_names(cfg)
 
 
 def test_columns_provide_the_inputs(tmp_path):

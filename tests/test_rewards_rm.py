@@ -268,3 +268,19 @@ def test_judge_errors(ckpts):
   judge = rms.make_judge(ckpts["a"])
   with pytest.raises(ValueError, match="group_size dividing the 3"):
     judge.judge_batch(["p"] * 3, ["a", "b", "c"], group_size=2)
+
+
+def test_judge_producer_gives_the_judges_pairwise_inputs(ckpts):
+  """config.advantage.inputs.pairwise_NM = {'name': 'judge', ...} (rlx/train/structured.py)."""
+  from rlx.train import structured
+  comps = COMPS[:4]
+  rnd = structured.Round(
+      prompts=["Q"] * 2 + ["R"] * 2, completions=comps, completion_ids=[[1]] * 4, columns={},
+      rewards_NK=np.zeros((4, 1), np.float32), reward_names=("r",),
+      sizes=structured.Sizes(n=4, r=2, c=4, k=1), tokenizer=None, step=0)
+  inputs = structured.check_inputs({"pairwise_NM": {
+      "name": "judge", "checkpoint": str(ckpts["a"]), "options": {"mode": "reward"}}})
+  out = structured.produce(inputs, rnd)["pairwise_NM"]
+  judge = rms.make_judge(ckpts["a"], mode="reward")
+  np.testing.assert_array_equal(out, judge.judge_batch(rnd.prompts, comps, group_size=2))
+  assert out.shape == (4, 2) and np.isnan(out[[0, 1], [0, 1]]).all()

@@ -9,7 +9,7 @@ FILTERS / TRANSFORMS; register
 your own with `@ESTIMATORS.register("name")` (see registry.py for signatures).
 """
 from rlx.advantages.registry import ESTIMATORS, FILTERS  # noqa: I001
-from rlx.advantages.inputs import COLUMN_FIELDS, AdvantageInputs, column_inputs
+from rlx.advantages.inputs import COLUMN_FIELDS, LOOP_FIELDS, AdvantageInputs, column_inputs
 from rlx.advantages import segments
 from rlx.advantages import estimators
 from rlx.advantages import variants
@@ -23,7 +23,7 @@ from rlx.advantages.api import (apply_filter, compute_advantages, estimator_opti
                                 filter_options)
 
 __all__ = [
-    "COLUMN_FIELDS", "ESTIMATORS", "FILTERS", "TRANSFORMS", "AdvantageInputs", "apply_transforms",
+    "COLUMN_FIELDS", "LOOP_FIELDS", "ESTIMATORS", "FILTERS", "TRANSFORMS", "AdvantageInputs", "apply_transforms",
     "column_inputs", "transforms", "ReferenceStats", "apply_filter",
     "compute_advantages", "diagnostics", "estimator_options", "estimators",
     "filter_options", "filters", "fit_reference_stats", "multi_reward", "segments", "variants",

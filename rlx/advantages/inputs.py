@@ -111,9 +111,7 @@ class AdvantageInputs:
     """Returns an optional field or raises a clear error naming its user."""
     value = getattr(self, field)
     if value is None:
-      where = (f"set config.advantage.columns.{field} to the data column that holds it"
-               if field in COLUMN_FIELDS else
-               "rlx's RL loop does not fill it; pass it to compute_advantages")
+      where = WHERE.get(field, "rlx's RL loop does not fill it; pass it to compute_advantages")
       raise ValueError(f"{who} needs AdvantageInputs.{field}, which is None: {where}.")
     return value
 
@@ -127,12 +125,27 @@ jax.tree_util.register_dataclass(
 
 # Inputs the RL loop fills from data columns (config.advantage.columns).
 COLUMN_FIELDS = ("task_ids_N", "agent_ids_N")
+# Inputs the RL loop produces each round (config.advantage.inputs: producers
+# in rlx/train/structured.py).
+LOOP_FIELDS = ("agent_ids_N", "pairwise_NM", "phase_mask_NZT", "turn_scores_NU", "turn_ids_NT")
+_PRODUCERS = {"agent_ids_N": "agent_parser", "pairwise_NM": "pairwise or judge",
+              "phase_mask_NZT": "phase_split", "turn_scores_NU": "turn_scores",
+              "turn_ids_NT": "turn_ids"}
+# Where the RL loop gets each optional input: the config keys that provide it.
+WHERE = {
+    "task_ids_N": "set config.advantage.columns.task_ids_N to the data column that holds it",
+    "agent_ids_N": ("set config.advantage.columns.agent_ids_N to the data column that holds "
+                    "it, or config.advantage.inputs.agent_ids_N to a producer (agent_parser)"),
+    **{f: f"set config.advantage.inputs.{f} to a producer ({_PRODUCERS[f]})"
+       for f in LOOP_FIELDS if f != "agent_ids_N"},
+    "lengths_N": "the RL loop fills it",
+}
 
 
 def column_inputs(columns: Mapping[str, Any], group_size: int
                   ) -> tuple[dict[str, Array], dict[str, Array]]:
   """Splits per-completion column arrays [N, ...] into AdvantageInputs fields
-  (COLUMN_FIELDS, as int32) and transform extras. An extras key whose shape
+  (COLUMN_FIELDS as int32, LOOP_FIELDS as given) and transform extras. An extras key whose shape
   suffix starts with G (`reference_levels_GK`, `difficulty_scale_G`) is per
   prompt group: every `group_size`-th row (rows of a group are adjacent)."""
   fields, extras = {}, {}
@@ -140,6 +153,8 @@ def column_inputs(columns: Mapping[str, Any], group_size: int
     suffix = key.rsplit("_", 1)[-1]
     if key in COLUMN_FIELDS:
       fields[key] = jnp.asarray(value).astype(jnp.int32)
+    elif key in LOOP_FIELDS:
+      fields[key] = jnp.asarray(value)
     elif suffix.isupper() and suffix.startswith("G"):
       extras[key] = value[::group_size]
     else:

@@ -158,7 +158,9 @@ def _columns(inputs: AdvantageInputs, columns: Sequence[int | str] | None) -> li
 def _extra(inputs: AdvantageInputs, key: str, who: str) -> Array:
   if key not in inputs.extras:
     raise KeyError(f"{who} needs inputs.extras[{key!r}] (in training: set "
-                   f"config.advantage.columns.{key} to the data column that holds it); "
+                   f"config.advantage.columns.{key} to the data column that holds it, or "
+                   f"config.advantage.inputs.{key} to a producer, e.g. reference_samples "
+                   f"for reference rewards); "
                    f"extras has: {', '.join(sorted(inputs.extras)) or '(none)'}.")
   return jnp.asarray(inputs.extras[key])
 
@@ -204,12 +206,20 @@ def _overlong(inputs: AdvantageInputs, *, max_length: int, cache_length: int,
 
 @TRANSFORMS.register("log_sigmoid")
 def _log_sigmoid(inputs: AdvantageInputs, *, columns: Sequence[int | str] | None = None,
-                 levels_key: str = "reference_levels_GK") -> AdvantageInputs:
+                 levels_key: str = "reference_levels_GK", ref_key: str | None = None,
+                 quantile: float = 0.85, method: str = "normal") -> AdvantageInputs:
   """u_k = log sigmoid(r_k - ref_k(x)) with per-prompt levels extras[levels_key]
-  ([num_groups, K], e.g. from `reference_levels`); GRPO's weighted sum of the
-  u_k is then the log-sigmoid conjunction."""
+  ([num_groups, K]), or, with ref_key, levels `reference_levels(extras[ref_key],
+  quantile=quantile, method=method)` of reference rewards [num_groups, M, K];
+  GRPO's weighted sum of the u_k is then the log-sigmoid conjunction."""
+  check_choice(method, ("normal", "empirical"), "method", "log_sigmoid")
   cols = _columns(inputs, columns)
-  levels = _extra(inputs, levels_key, "log_sigmoid")[inputs.group_ids_N]
+  if ref_key is None:
+    levels_GK = _extra(inputs, levels_key, "log_sigmoid")
+  else:
+    levels_GK = reference_levels(_extra(inputs, ref_key, "log_sigmoid"), quantile=quantile,
+                                 method=method)
+  levels = levels_GK[inputs.group_ids_N]
   ia = jnp.asarray(cols)
   return _set_columns(inputs, cols, log_sigmoid_transform(inputs.rewards_NK[:, ia], levels[:, ia]))
 
@@ -261,8 +271,11 @@ def _difficulty(inputs: AdvantageInputs, *, columns: Sequence[int | str] | None 
 @TRANSFORMS.register("deconfound")
 def _deconfound(inputs: AdvantageInputs, *, columns: Sequence[int | str] | None = None,
                 key: str = "confounders_NF", keep_mean: bool = False) -> AdvantageInputs:
-  """Residualizes each reward on extras[key] ([N, F]) by least squares over valid rows."""
-  feats = _extra(inputs, key, "deconfound")
+  """Residualizes each reward on extras[key] ([N, F] or [N]) by least squares
+  over valid rows; key "lengths_N" uses the completion lengths (length bias)."""
+  feats = (inputs.require("lengths_N", "deconfound") if key == "lengths_N"
+           else _extra(inputs, key, "deconfound"))
+  feats = feats.reshape(feats.shape[0], -1)
   cols = _columns(inputs, columns)
   outs = [deconfound(inputs.rewards_NK[:, c], feats, inputs.valid_N, keep_mean=keep_mean)
           for c in cols]

@@ -321,15 +321,21 @@ def fit_reference_stats(rewards_NK: Any, valid_N: Any = None, ddof: int = 1) -> 
 
 @ESTIMATORS.register("reference_frozen")
 def reference_frozen(inputs: AdvantageInputs, *, num_groups: int,
-                     stats: ReferenceStats | None = None, eps: float = 1e-6
-                     ) -> tuple[Array, Diagnostics]:
+                     stats: ReferenceStats | Mapping[str, Any] | None = None,
+                     eps: float = 1e-6) -> tuple[Array, Diagnostics]:
   """RFN: A = sum_k w_k (r_k - mean_k^ref) / (std_k^ref + eps) with frozen reference stats.
 
-  `stats` comes from `fit_reference_stats` on reference-policy rollouts.
+  `stats` comes from `fit_reference_stats` on reference-policy rollouts, or
+  (from a config) a mapping {mean_K: [...], std_K: [...]} of its values.
   """
   del num_groups
   if stats is None:
-    raise ValueError("reference_frozen needs option stats=fit_reference_stats(reference rewards).")
+    raise ValueError("reference_frozen needs option stats=fit_reference_stats(reference rewards) "
+                     "(in a config: {'mean_K': [...], 'std_K': [...]}, one value per reward).")
+  if not isinstance(stats, ReferenceStats):  # a mapping (a config's dict)
+    stats = ReferenceStats(jnp.asarray(stats["mean_K"], jnp.float32),
+                           jnp.asarray(stats["std_K"], jnp.float32),
+                           jnp.asarray(stats.get("count_K", 0.0), jnp.float32))
   def terms(rows):
     r = inputs.rewards_NK[rows]
     obs = inputs.valid_N[rows][:, None] & ~jnp.isnan(r)

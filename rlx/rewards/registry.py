@@ -18,3 +18,8 @@ from rlx.registry import Registry
 # Options: keyword parameters after (prompts, completions); a function taking
 # `**kwargs` under another name than `columns` may forward them: not checked.
 REWARD_FNS = Registry("reward function", inputs=2, data_kwargs="columns")
+
+# Pairwise preference functions for Pref-GRPO's pairwise_NM
+# (config.advantage.inputs.pairwise_NM = {'name': 'pairwise', 'fn': NAME}):
+# fn(prompt, completion_a, completion_b, **options) -> P(a beats b) in [0, 1].
+PAIRWISE_FNS = Registry("pairwise function", inputs=3)

@@ -14,7 +14,7 @@ import re
 import string
 from typing import Any, Callable, Sequence
 
-from rlx.rewards.registry import REWARD_FNS
+from rlx.rewards.registry import PAIRWISE_FNS, REWARD_FNS
 
 RewardFn = Callable[..., list]
 
@@ -216,6 +216,14 @@ def length_limit_reward(prompts: Sequence[Any], completions: Sequence[Any], *,
   del prompts
   lengths = _lengths(completions, columns, length_column, "length_limit")
   return [1.0 if l <= max_length else 0.0 for l in lengths]
+
+
+@PAIRWISE_FNS.register("shorter")
+def shorter_pairwise(prompt: Any, completion_a: Any, completion_b: Any) -> float:
+  """P(a beats b) of a length preference: 1 if a is shorter, 0 if longer, 0.5 if equal."""
+  del prompt
+  a, b = len(completion_text(completion_a)), len(completion_text(completion_b))
+  return 1.0 if a < b else 0.0 if a > b else 0.5
 
 
 def make_length_limit(*, max_length: float, length_column: str | None = None,

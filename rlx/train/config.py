@@ -10,8 +10,9 @@ import ml_collections as mlc
 from rlx.registry import check_choice
 
 # Keys whose values are free-form dicts, checked by the function they configure.
-FREE_FORM = ("advantage.options", "advantage.transforms", "advantage.columns", "filter.options", "loss.terms", "rewards",
-             "data.fields", "data.task_options", "model.arch", "mesh.axes", "mesh.dcn_axes")
+FREE_FORM = ("advantage.options", "advantage.transforms", "advantage.columns", "advantage.inputs",
+             "filter.options", "loss.terms", "rewards", "data.fields", "data.task_options",
+             "model.arch", "mesh.axes", "mesh.dcn_axes")
 
 
 def parse_arg(arg: str | None, defaults: dict[str, Any]) -> dict[str, Any]:
@@ -259,6 +260,15 @@ def check_names(cfg: mlc.ConfigDict) -> None:
         cfg.advantage.estimator, dict(cfg.advantage.options)))
     for i, spec in enumerate(cfg.advantage.transforms):
       wrap(f"advantage.transforms[{i}]", lambda: _check_transform(spec))
+    from rlx.train import structured
+    both = sorted(set(cfg.advantage.inputs) & set(cfg.advantage.columns))
+    if both:
+      raise ValueError(f"config.advantage.inputs.{both[0]}: also set in "
+                       f"config.advantage.columns; give each input one source.")
+    for key, (fn, _) in structured.check_inputs(cfg.advantage.inputs).items():
+      if fn is structured.reference_samples and cfg.ref.source == "none":
+        raise ValueError(f"config.advantage.inputs.{key}: reference_samples samples the "
+                         "reference policy, but config.ref.source is 'none'.")
     if cfg.filter.name != "none":
       wrap("filter.name", lambda: advantages.FILTERS.get(cfg.filter.name))
       wrap("filter.options", lambda: advantages.FILTERS.check_options(
@@ -293,12 +303,15 @@ def check_traced(cfg: mlc.ConfigDict) -> None:
   import jax
   import jax.numpy as jnp
   from rlx import advantages
+  from rlx.train import structured
   g, r, k = cfg.train.batch_prompts, cfg.sampling.group_size, len(cfg.rewards)
+  c = cfg.sampling.max_new_tokens
 
   def trace(rewards_NK):
     columns = {key: jnp.zeros(_placeholder_shape(key, g * r, g, k),
                               jnp.int32 if key in advantages.COLUMN_FIELDS else jnp.float32)
                for key in cfg.advantage.columns}
+    columns.update(structured.placeholders(cfg.advantage.inputs, structured.Sizes(g * r, r, c, k)))
     fields, extras = advantages.column_inputs(columns, r)
     x = advantages.AdvantageInputs(
         rewards_NK=rewards_NK, group_ids_N=jnp.repeat(jnp.arange(g, dtype=jnp.int32), r),
@@ -306,7 +319,13 @@ def check_traced(cfg: mlc.ConfigDict) -> None:
         lengths_N=jnp.zeros((g * r,), jnp.float32), reward_names=tuple(cfg.rewards.keys()),
         extras=extras, **fields)
     x = advantages.apply_transforms(x, [dict(t) for t in cfg.advantage.transforms])
-    advantages.compute_advantages(cfg.advantage.estimator, x, g, **dict(cfg.advantage.options))
+    adv, _ = advantages.compute_advantages(cfg.advantage.estimator, x, g,
+                                           **dict(cfg.advantage.options))
+    if adv.shape not in ((g * r,), (g * r, c)):
+      hint = (" (mapo: set config.advantage.inputs.turn_ids_NT to a producer (turn_ids) to "
+              "place per-turn advantages on tokens)" if x.turn_ids_NT is None else "")
+      raise ValueError(f"{cfg.advantage.estimator} gives advantages of shape {adv.shape}; the "
+                       f"loss takes [N]={g * r} or [N, C]=({g * r}, {c}){hint}.")
     if cfg.filter.name != "none":
       advantages.apply_filter(cfg.filter.name, x, g, **dict(cfg.filter.options))
 

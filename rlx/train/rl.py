@@ -37,7 +37,7 @@ from rlx import parallel, sampling
 from rlx.data import tokenize_prompts
 from rlx.models import hf_io
 from rlx.models import lora as lora_lib
-from rlx.train import layout, steps
+from rlx.train import layout, steps, structured
 from rlx.train.rl_setup import (RLRun, _checkpoint_target, advantage_columns, restore,
                                 reward_columns, setup_run)
 from rlx.train.checkpoint import Checkpointer
@@ -133,8 +133,9 @@ class CollectedGroups:
 
 def _sample_round(run: RLRun, params: Any, ref_params: Any, key: jax.Array, step: int):
   """One round: sample this step's next prompt batch, decode and score this
-  process's rows. Returns (rollout (local), rewards_NK, score metrics,
-  reference log-probs or None, sample seconds, score seconds)."""
+  process's rows, produce the configured estimator inputs. Returns (rollout
+  (local), rewards_NK, columns (data columns and produced inputs), score
+  metrics, reference log-probs or None, sample seconds, score seconds)."""
   rows = {k: v[run.mine] for k, v in next(run.prompts).items()}
   prompts = list(rows["prompt"])
   rows = [dict(zip(rows, values)) for values in zip(*rows.values())]
@@ -149,12 +150,34 @@ def _sample_round(run: RLRun, params: Any, ref_params: Any, key: jax.Array, step
   rollout = local
   texts = sampling.decode_completions(run.policy.tokenizer, rollout)
   sample_s, t = time.time() - t, time.time()
-  rewards_NK, score_m = run.scorer(
-      [p for p in prompts for _ in range(run.group_size)], texts,
-      reward_columns(rows, run.group_size), step=step,
-      completion_ids=completion_id_lists(rollout.completion_tokens, rollout.completion_mask))
+  prompts_n = [p for p in prompts for _ in range(run.group_size)]
+  columns, ids = (reward_columns(rows, run.group_size),
+                  completion_id_lists(rollout.completion_tokens, rollout.completion_mask))
+  rewards_NK, score_m = run.scorer(prompts_n, texts, columns, step=step, completion_ids=ids)
   columns_N = advantage_columns(run.cfg, rows, run.group_size)
+  columns_N.update(structured.produce(run.inputs, structured.Round(
+      prompts=prompts_n, completions=texts, completion_ids=ids, columns=columns,
+      rewards_NK=rewards_NK, reward_names=run.scorer.names, sizes=run.input_sizes(len(texts)),
+      tokenizer=run.policy.tokenizer, step=step,
+      sample_reference=None if ref_params is None else lambda m: _reference_rewards(
+          run, ref_params, rows, tokens, mask, jax.random.fold_in(key, 1), m))))
   return rollout, rewards_NK, columns_N, score_m, ref_logprobs, sample_s, time.time() - t
+
+
+def _reference_rewards(run: RLRun, ref_params: Any, rows: list[dict], tokens, mask,
+                       key: jax.Array, m: int) -> np.ndarray:
+  """Rewards [local prompts * m, K] of m completions per prompt sampled with the
+  reference params (config.advantage.inputs producer reference_samples)."""
+  settings = dataclasses.replace(run.sample_settings, group_size=m)
+  rollout = run.place.to_local(_sample(
+      run.policy.graphdef, run.fns.model_params(ref_params),
+      *run.place.to_global((tokens, mask), run.num_groups), key, settings))
+  texts = sampling.decode_completions(run.policy.tokenizer, rollout)
+  rewards, _ = run.scorer([r["prompt"] for r in rows for _ in range(m)], texts,
+                          reward_columns(rows, m),
+                          completion_ids=completion_id_lists(rollout.completion_tokens,
+                                                             rollout.completion_mask))
+  return rewards
 
 
 def _kept_groups(run: RLRun, rewards_NK: np.ndarray, columns_N: dict) -> np.ndarray:

@@ -20,7 +20,7 @@ from rlx import sampling
 from rlx.data import make_prompt_iterator
 from rlx.models import hf_io
 from rlx.models import lora as lora_lib
-from rlx.train import common, steps
+from rlx.train import common, steps, structured
 from rlx.train.checkpoint import Checkpointer
 from rlx.train.optim import make_optimizer
 from rlx.train.placement import Placement
@@ -110,6 +110,13 @@ class RLRun:
   base_key: jax.Array
   eval_key: jax.Array         # the same held-out draws at every eval
   lora: Lora | None = None
+  # config.advantage.inputs: {key: (producer, options)} (rlx/train/structured.py)
+  inputs: dict[str, tuple[Callable, dict]] = dataclasses.field(default_factory=dict)
+
+  def input_sizes(self, n: int) -> structured.Sizes:
+    """Sizes of the produced inputs of n completions (this process's rows)."""
+    return structured.Sizes(n=n, r=self.group_size, c=self.cfg.sampling.max_new_tokens,
+                            k=len(self.scorer.names))
 
   @property
   def num_completions(self) -> int:
@@ -162,6 +169,20 @@ def _initial_state(cfg, place: Placement, policy: common.Policy, tx
   return state, ref_params, lora
 
 
+_SHARED: dict[Any, Callable[..., Any]] = {}
+
+
+def _shared(key: Any, build: Callable[[], Callable[..., Any]]) -> Callable[..., Any]:
+  """One jitted function per key in a process, so that runs of the same model,
+  loss and optimizer settings (a sweep over estimators, the end-to-end tests)
+  compile the update and log-prob steps once; key None: not shared."""
+  if key[1] is None:
+    return build()
+  if key not in _SHARED:
+    _SHARED[key] = build()
+  return _SHARED[key]
+
+
 def _stage_fns(cfg, policy: common.Policy, tx, state: steps.TrainState, scorer: Scorer,
                detached_old: bool, group_ids_N: jax.Array, lora: Lora | None) -> StageFns:
   num_groups = cfg.train.batch_prompts
@@ -185,14 +206,21 @@ def _stage_fns(cfg, policy: common.Policy, tx, state: steps.TrainState, scorer: 
     keep = jax.jit(lambda r, v, c: adv_lib.apply_filter(
         filt_name, inputs(r, v, c), num_groups, **filt_opts)[0])
   effective = None if lora is None else lora.effective
-  logprobs = steps.make_logprobs_fn(policy.graphdef, prompt_len, cfg.sampling.temperature,
-                                    chunk, effective=effective)
-  update = steps.make_update_fn(
+  state_shardings = jax.tree.map(lambda x: x.sharding, state)
+  model_key = None if lora is not None else (
+      policy.graphdef, prompt_len, cfg.sampling.temperature, chunk,
+      cfg.sampling.max_new_tokens, num_groups, detached_old, cfg.model.remat,
+      cfg.loss.to_json_best_effort(sort_keys=True), cfg.optim.to_json_best_effort(sort_keys=True),
+      cfg.train.steps * cfg.train.epochs * cfg.train.minibatches,
+      jax.tree.structure(state_shardings), tuple(jax.tree.leaves(state_shardings)))
+  logprobs = _shared(("logprobs", model_key), lambda: steps.make_logprobs_fn(
+      policy.graphdef, prompt_len, cfg.sampling.temperature, chunk, effective=effective))
+  update = _shared(("update", model_key), lambda: steps.make_update_fn(
           policy.graphdef, tx, cfg.loss.terms,
           temperature=cfg.sampling.temperature, chunk=chunk, detached_old=detached_old,
           max_len=cfg.sampling.max_new_tokens, num_groups=num_groups,
-          state_shardings=jax.tree.map(lambda x: x.sharding, state),
-          remat=False if cfg.model.remat == "none" else cfg.model.remat, effective=effective)
+          state_shardings=state_shardings,
+          remat=False if cfg.model.remat == "none" else cfg.model.remat, effective=effective))
   model_params = lambda params: params
   if lora is not None:  # the frozen base is an argument of every call, never donated
     logprobs = (lambda fn: lambda p, t, m, *a, **k: fn(p, lora.frozen, t, m, *a, **k))(logprobs)
@@ -250,7 +278,8 @@ def setup_run(cfg, workdir: str, init_checkpoint: str | None
       sync_ref=ref_params is not None and cfg.ref.sync_every > 0,
       correct_index=(list(scorer.names).index(cfg.loss.correct_reward)
                      if cfg.loss.correct_reward else -1),
-      base_key=base_key, eval_key=jax.random.fold_in(base_key, 2**31 - 1), lora=lora)
+      base_key=base_key, eval_key=jax.random.fold_in(base_key, 2**31 - 1), lora=lora,
+      inputs=structured.check_inputs(cfg.advantage.inputs))
   return run, state, ref_params
 
 

@@ -185,6 +185,14 @@ def _call_one(spec: RewardSpec, prompts, completions, columns, errors: str,
   return vals, raised, logs.summary(spec.name)
 
 
+def score(spec: RewardSpec, prompts: list, completions: list, columns: Mapping[str, list], *,
+          errors: str = "missing", step: int = 0) -> np.ndarray:
+  """[n] values of one reward on a batch, called as `Scorer` calls it (NaN: missing)."""
+  vals, _, _ = _call_one(spec, prompts, completions, columns, errors, None,
+                         TrainerState(global_step=int(step)))
+  return np.asarray(vals, np.float32)
+
+
 class Scorer:
   """Scores batches with all configured rewards, one thread per reward."""
 

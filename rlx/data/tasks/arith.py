@@ -111,7 +111,7 @@ class ArithTask(Task):
     demo = "\n".join(steps + [direct]) if rng.random() < self.work_prob else direct
     prompt = f"Compute {expr}. Max {self.max_len} chars.\n"
     return expr, {"prompt": prompt, "demo": demo, "answer": value,
-                  "max_len": self.max_len, "expression": expr}
+                  "max_len": self.max_len, "expression": expr, "num_ops": k}
 
   def corrupt(self, demo: str, rng: Any, rate: float,
               row: dict[str, Any] | None = None) -> str:
