@@ -76,7 +76,7 @@ def variants(cfg, rank: int):
   """name -> (update fn, abstract state, abstract frozen or None, reference bytes)."""
   gd, params = models.abstract_model(cfg)
   tx = _tx()
-  kw = dict(prompt_len=P, temperature=1.0, chunk=0, detached_old=True, max_len=C, num_groups=2)
+  kw = dict(temperature=1.0, chunk=0, detached_old=True, max_len=C, num_groups=2)
   terms = {"pg": {}, "kl": {"coef": 0.04}}
   out = {}
   state = steps.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,

@@ -129,6 +129,16 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.train.batch_prompts = 8  # prompts per step; completions = batch_prompts * group_size
   c.train.minibatches = 1  # policy updates per epoch over the step's rollouts
   c.train.epochs = 1
+  # No compute on padding (rlx/train/layout.py): after sampling, the reference/old
+  # log-probs and the updates run on the batch trimmed to its longest completion
+  # and longest real prompt, each rounded up to a bucket. (): powers of two from 16
+  # up to sampling.max_new_tokens / data.max_prompt_len (always included);
+  # (max_new_tokens,) turns trimming off.
+  c.train.length_buckets = ()
+  c.train.prompt_buckets = ()
+  # Several (prompt + completion) sequences per row of the trimmed length, with
+  # segment ids; loss and gradients equal the unpacked ones.
+  c.train.packing = False
   c.train.log_every = 1
   c.train.eval_every = 25
   c.train.ckpt_every = 25

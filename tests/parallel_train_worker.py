@@ -102,7 +102,7 @@ def pieces(out_path: str, data_path: str) -> None:
   ptok, pmask = tokenize_prompts(tok, [r["prompt"] for r in rows], P)
   settings = rl_setup._settings(cfg, eval_mode=False, tokenizer=tok)
   tx = make_optimizer(cfg.optim, 10)
-  loss_fn = steps.make_loss_fn(graphdef, cfg.loss.terms, prompt_len=P,
+  loss_fn = steps.make_loss_fn(graphdef, cfg.loss.terms,
                                temperature=cfg.sampling.temperature, chunk=0, detached_old=True,
                                max_len=cfg.sampling.max_new_tokens, num_groups=B)
   loss_grad = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
@@ -123,7 +123,7 @@ def pieces(out_path: str, data_path: str) -> None:
                              skipped=place.replicated(np.zeros((), np.int32)))
     # As in train_rl: the state keeps its layout, so the step compiles once.
     update_fn = steps.make_update_fn(
-        graphdef, tx, cfg.loss.terms, prompt_len=P, temperature=cfg.sampling.temperature,
+        graphdef, tx, cfg.loss.terms, temperature=cfg.sampling.temperature,
         chunk=0, detached_old=True, max_len=cfg.sampling.max_new_tokens, num_groups=B,
         state_shardings=jax.tree.map(lambda x: x.sharding, state))
     ro = rl._sample(graphdef, params, *place.to_global((ptok, pmask), B), key, settings)

@@ -52,7 +52,7 @@ def _trained(spec, cfg, gd, params, scales=None, n=3):
   frozen = {"params": params, "scales": scales or {}}
   tx = optax.adam(3e-2)
   ad = lora.init_adapters(cfg, spec, jax.random.PRNGKey(2))
-  upd = steps.make_update_fn(gd, tx, {"pg": {}}, prompt_len=4, temperature=1.0, chunk=0,
+  upd = steps.make_update_fn(gd, tx, {"pg": {}}, temperature=1.0, chunk=0,
                              detached_old=True, max_len=4, num_groups=2, effective=effective)
   state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=ad, opt_state=tx.init(ad),
                            skipped=jnp.zeros((), jnp.int32))

@@ -177,7 +177,7 @@ def test_nan_loss_skips_the_update_and_counts_it():
   gd, params = models.init_model(cfg, jax.random.PRNGKey(0))
   tx = optax.adam(1e-2)
   upd = steps.make_update_fn(gd, tx, {"pg": {}, "test_nan_if_negative_adv": {"coef": 1.0}},
-                             prompt_len=4, temperature=1.0, chunk=0, detached_old=True,
+                             temperature=1.0, chunk=0, detached_old=True,
                              max_len=4, num_groups=2)
   N = 4
   batch = dict(tokens=jnp.ones((N, 8), jnp.int32), attn_mask=jnp.ones((N, 8), bool),

@@ -158,10 +158,12 @@ def _proj(x_BTD: jax.Array, w_DX: jax.Array) -> jax.Array:
 
 
 def attend(cfg: ModelConfig, q_BTHE: jax.Array, k_BSJE: jax.Array, v_BSJE: jax.Array,
-           q_offset: Any, kv_mask_BS: jax.Array) -> jax.Array:
+           q_offset: Any, kv_mask_BS: jax.Array, segment_ids_BT: jax.Array | None = None
+           ) -> jax.Array:
   """Causal-LM attention core (GQA): `rlx.models.attention.attention` with
   cfg.attention and its block sizes. Query t sits at slot q_offset + t and
-  sees slot s iff s <= q_offset + t and kv_mask_BS[b, s]; a query that sees
+  sees slot s iff s <= q_offset + t and kv_mask_BS[b, s] (and, given
+  segment_ids_BT (packed rows, T == S), the same segment id); a query that sees
   no key (a padding row) gets zeros. Keys/values are cast to q's dtype (a
   cache may be stored in another). Returns [B, T, H, E] in q's dtype.
 
@@ -180,13 +182,19 @@ def attend(cfg: ModelConfig, q_BTHE: jax.Array, k_BSJE: jax.Array, v_BSJE: jax.A
                  static_offset=isinstance(q_offset, int))
   pad_t = (-T) % bq if name == "blockwise" and T > bq else 0
   pad_s = (-S) % bk if name == "blockwise" and S > bk else 0
+  q_seg_BT = kv_seg_BS = segment_ids_BT
   if pad_t:
     q_BTHE = jnp.pad(q_BTHE, ((0, 0), (0, pad_t), (0, 0), (0, 0)))
+    if segment_ids_BT is not None:
+      q_seg_BT = jnp.pad(segment_ids_BT, ((0, 0), (0, pad_t)))
   if pad_s:
     k_BSJE, v_BSJE = (jnp.pad(x, ((0, 0), (0, pad_s), (0, 0), (0, 0))) for x in (k_BSJE, v_BSJE))
     kv_mask_BS = jnp.pad(kv_mask_BS, ((0, 0), (0, pad_s)))
+    if segment_ids_BT is not None:
+      kv_seg_BS = jnp.pad(segment_ids_BT, ((0, 0), (0, pad_s)))
   out_BTHE = attention(q_BTHE, k_BSJE, v_BSJE, impl=name, causal=True, q_offset=q_offset,
-                       kv_mask_BS=kv_mask_BS, block_q=bq, block_kv=bk,
+                       kv_mask_BS=kv_mask_BS, q_segment_ids_BT=q_seg_BT,
+                       kv_segment_ids_BS=kv_seg_BS, block_q=bq, block_kv=bk,
                        platform=cfg.attention_platform)
   return out_BTHE[:, :T]
 
@@ -219,7 +227,7 @@ def _write_cache(cache: dict[str, jax.Array], k_BTJE: jax.Array, v_BTJE: jax.Arr
 
 
 def _layer(cfg: ModelConfig, x_BTD, lp, sin, cos, kv_mask_BS, cache=None, layer=None,
-           cache_index=None):
+           cache_index=None, segment_ids_BT=None):
   """One decoder layer. Returns (x, cache) with this layer's new K/V written in cache.
 
   lp: this layer's params (stacked names of `param_specs`, without the L axis).
@@ -244,7 +252,7 @@ def _layer(cfg: ModelConfig, x_BTD, lp, sin, cos, kv_mask_BS, cache=None, layer=
   else:
     cache, k_BSJE, v_BSJE = _write_cache(cache, k_BTJE, v_BTJE, cache_index, layer)
   q_offset = 0 if cache is None else cache_index
-  attn_BTHE = attend(cfg, q_BTHE, k_BSJE, v_BSJE, q_offset, kv_mask_BS)
+  attn_BTHE = attend(cfg, q_BTHE, k_BSJE, v_BSJE, q_offset, kv_mask_BS, segment_ids_BT)
   out_BTD = _proj(attn_BTHE.reshape(B, T, -1), w("o").reshape(-1, D))
   if cfg.attention_out_bias:
     out_BTD = out_BTD + w("o_bias")
@@ -299,7 +307,8 @@ class Decoder(nnx.Module):
 
   def __call__(self, tokens_BT: jax.Array, positions_BT: jax.Array, kv_mask_BS: jax.Array,
                cache: Any = None, cache_index: Any = 0, return_hidden: bool = False,
-               remat: bool | None = None, layers: tuple[dict[str, jax.Array], ...] | None = None):
+               remat: bool | None = None, layers: tuple[dict[str, jax.Array], ...] | None = None,
+               segment_ids_BT: jax.Array | None = None):
     cfg = self.cfg
     dt = cfg.compute_dtype
     T = tokens_BT.shape[1]
@@ -311,6 +320,8 @@ class Decoder(nnx.Module):
       if S != T:
         raise ValueError(f"Without a cache kv_mask_BS must have S == T, got S={S}, T={T}.")
     else:
+      if segment_ids_BT is not None:
+        raise ValueError("segment_ids_BT (packed rows) is for passes without a cache.")
       if cache_length(cache) != S:
         raise ValueError(f"kv_mask_BS has {S} slots but the cache has {cache_length(cache)}.")
       cache_index = jnp.asarray(cache_index, jnp.int32)
@@ -318,7 +329,7 @@ class Decoder(nnx.Module):
     remat = False if remat == "none" else remat
 
     def body(x_BTD, lp, c, layer):
-      return _layer(cfg, x_BTD, lp, sin, cos, kv_mask_BS, c, layer, cache_index)
+      return _layer(cfg, x_BTD, lp, sin, cos, kv_mask_BS, c, layer, cache_index, segment_ids_BT)
     if remat:
       body = jax.checkpoint(body, prevent_cse=False, policy=remat_policy(remat))
 
@@ -418,10 +429,13 @@ def config_of(graphdef: nnx.GraphDef, params: nnx.State) -> ModelConfig:
 def forward(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Array,
             positions_BT: jax.Array, kv_mask_BS: jax.Array, cache: Any = None,
             cache_index: Any = 0, return_hidden: bool = False, remat: bool | None = None,
-            layers: tuple[dict[str, jax.Array], ...] | None = None):
+            layers: tuple[dict[str, jax.Array], ...] | None = None,
+            segment_ids_BT: jax.Array | None = None):
   """Runs the decoder; returns (logits_BTV float32 | hidden_BTD, new_cache | None).
 
-  Without cache: S == T and query t attends key s iff s <= t and kv_mask_BS[b, s].
+  Without cache: S == T and query t attends key s iff s <= t and kv_mask_BS[b, s]
+  (and, given segment_ids_BT, both carry the same id: several sequences packed
+  in a row, each with its own positions_BT).
   With cache: the T new K/V go to slots [cache_index, cache_index + T) of every
   row, and query t (slot cache_index + t) attends slot s iff
   s <= cache_index + t and kv_mask_BS[b, s] (S = cache length).
@@ -434,7 +448,8 @@ def forward(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Array,
   """
   model = nnx.merge(graphdef, params)
   return model(tokens_BT, positions_BT, kv_mask_BS, cache=cache, cache_index=cache_index,
-               return_hidden=return_hidden, remat=remat, layers=layers)
+               return_hidden=return_hidden, remat=remat, layers=layers,
+               segment_ids_BT=segment_ids_BT)
 
 
 def lm_head(graphdef_or_params, params_or_hidden, hidden_BTD: jax.Array | None = None, *,

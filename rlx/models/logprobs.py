@@ -31,13 +31,16 @@ def token_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Arr
                    mask_BT: jax.Array, chunk_size: int = 128,
                    temperature: float | jax.Array = 1.0, positions_BT: jax.Array | None = None,
                    remat: bool | None = None, checkpoint_chunks: bool = True,
-                   ) -> tuple[jax.Array, jax.Array]:
+                   segment_ids_BT: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """(logp_BT, entropy_BT): log p(tokens[:, t] | tokens[:, :t]) under softmax(logits / T).
 
   Entry t is 0 unless mask_BT[:, t] and mask_BT[:, t - 1] (so position 0 and the
   first real token of a left-padded row get 0); entropy_BT[:, t] is the entropy
   of the same predictive distribution (the one that produced token t).
-  positions default to positions_from_mask(mask_BT). chunk_size positions of
+  positions default to positions_from_mask(mask_BT). segment_ids_BT (packed
+  rows: several sequences per row, each with its own positions_BT): tokens
+  attend only their own segment, and entry t is also 0 unless tokens t - 1 and
+  t share a segment (the first token of each sequence). chunk_size positions of
   logits exist at a time; T is padded up to a multiple of it.
   """
   B, T = tokens_BT.shape
@@ -48,7 +51,8 @@ def token_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Arr
   if model.cfg.is_reward_model:
     raise ValueError("token_logprobs needs a causal LM; got a reward model config "
                      f"({model.cfg.architectures[0]}).")
-  hidden_BTD, _ = model(tokens_BT, positions_BT, mask_BT, return_hidden=True, remat=remat)
+  hidden_BTD, _ = model(tokens_BT, positions_BT, mask_BT, return_hidden=True, remat=remat,
+                        segment_ids_BT=segment_ids_BT)
   # hidden[t] predicts tokens[t + 1].
   targets_BT = jnp.concatenate([tokens_BT[:, 1:], jnp.zeros_like(tokens_BT[:, :1])], axis=1)
   X = max(1, min(chunk_size, T))  # tokens per chunk
@@ -71,8 +75,10 @@ def token_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Arr
   logp_nBX, ent_nBX = jax.lax.map(chunk, (h_nBXD, t_nBX))
   logp = logp_nBX.swapaxes(0, 1).reshape(B, n * X)[:, :T - 1]
   ent = ent_nBX.swapaxes(0, 1).reshape(B, n * X)[:, :T - 1]
-  valid_BT = jnp.concatenate(
-      [jnp.zeros((B, 1), bool), mask_BT[:, 1:] & mask_BT[:, :-1]], axis=1)
+  follows_BT = mask_BT[:, 1:] & mask_BT[:, :-1]
+  if segment_ids_BT is not None:
+    follows_BT = follows_BT & (segment_ids_BT[:, 1:] == segment_ids_BT[:, :-1])
+  valid_BT = jnp.concatenate([jnp.zeros((B, 1), bool), follows_BT], axis=1)
   zeros = jnp.zeros((B, 1), jnp.float32)
   logp_BT = jnp.where(valid_BT, jnp.concatenate([zeros, logp], axis=1), 0.0)
   ent_BT = jnp.where(valid_BT, jnp.concatenate([zeros, ent], axis=1), 0.0)

@@ -135,6 +135,9 @@ def validate(cfg: mlc.ConfigDict) -> None:
       rm.startswith("last:") and rm[5:].isdigit() and int(rm[5:]) > 0):
     check_choice(rm, ("policy", "local", "last:N", "replicated"), "mesh.reward_models", "config")
   check_choice(cfg.model.remat, ("none", "full", "dots"), "model.remat", "config")
+  from rlx.train.layout import length_buckets
+  length_buckets(cfg.train.length_buckets, cfg.sampling.max_new_tokens, "train.length_buckets")
+  length_buckets(cfg.train.prompt_buckets, cfg.data.max_prompt_len, "train.prompt_buckets")
   _check_attention(cfg)
   check_choice(cfg.ref.source, ("initial", "checkpoint", "none"), "ref.source", "config")
   check_lora(cfg)

@@ -6,7 +6,7 @@ each a function from typed inputs to a typed output:
     groups   = collect_groups(run, params, ref_params, key, step)   # sample, score, top up
     batch    = build_batch(run, groups)                        # kept groups -> global rows
     adv      = compute_advantages(run, batch)
-    logprobs = reference_and_old_logprobs(run, batch, groups, params, ref_params)
+    logprobs = reference_and_old_logprobs(run, batch, groups, params, ref_params)  # trimmed
     state, updates = run_updates(run, state, update_batch(run, batch, adv, logprobs), key)
     metrics  = step_metrics(run, groups, batch, adv, updates, t0)
     log_eval_checkpoint(run, out, step, metrics, state, ref_params, stop)
@@ -33,11 +33,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlx import sampling
+from rlx import parallel, sampling
 from rlx.data import tokenize_prompts
 from rlx.models import hf_io
 from rlx.models import lora as lora_lib
-from rlx.train import steps, structured
+from rlx.train import layout, steps, structured
 from rlx.train.rl_setup import (RLRun, _checkpoint_target, advantage_columns, restore,
                                 reward_columns, setup_run)
 from rlx.train.checkpoint import Checkpointer
@@ -144,10 +144,10 @@ def _sample_round(run: RLRun, params: Any, ref_params: Any, key: jax.Array, step
   rollout = _sample(run.policy.graphdef, run.fns.model_params(params),
                     *run.place.to_global((tokens, mask), run.num_groups), key,
                     run.sample_settings)
-  ref_logprobs = None
+  ref_logprobs, local = None, run.place.to_local(rollout)
   if ref_params is not None and run.fns.keep is None:  # computed while the host scores
-    ref_logprobs = run.fns.logprobs(ref_params, rollout.tokens, rollout.mask)[0]
-  rollout = run.place.to_local(rollout)
+    ref_logprobs = device_logprobs(run, ref_params, trimmed(run, rollout, local))
+  rollout = local
   texts = sampling.decode_completions(run.policy.tokenizer, rollout)
   sample_s, t = time.time() - t, time.time()
   prompts_n = [p for p in prompts for _ in range(run.group_size)]
@@ -294,28 +294,89 @@ def compute_advantages(run: RLRun, batch: StepBatch) -> Advantages:
 
 
 @dataclasses.dataclass
+class TrimmedRollout:
+  """The step's rollout without its padding columns (rlx/train/layout.py)."""
+  rollout: sampling.Rollout  # global; prompts [N, P'], per-token fields [N, C']
+  trim: layout.Trim
+  prompt_len_N: np.ndarray      # host, every global row: real prompt tokens
+  completion_len_N: np.ndarray  # host, every global row: completion tokens
+
+
+def _trim_columns(rollout: sampling.Rollout, trim: layout.Trim) -> sampling.Rollout:
+  c = trim.completion_len
+  return rollout.replace(
+      prompt_tokens=rollout.prompt_tokens[:, -trim.prompt_len:],
+      prompt_mask=rollout.prompt_mask[:, -trim.prompt_len:],
+      completion_tokens=rollout.completion_tokens[:, :c],
+      completion_mask=rollout.completion_mask[:, :c],
+      sample_logprobs=rollout.sample_logprobs[:, :c],
+      policy_logprobs=rollout.policy_logprobs[:, :c])
+
+
+_trim_columns_jit = jax.jit(_trim_columns, static_argnums=1)
+
+
+def trimmed(run: RLRun, rollout: sampling.Rollout, local: sampling.Rollout) -> TrimmedRollout:
+  """`rollout` (global) trimmed to its longest real prompt and completion, each
+  rounded up to config.train.prompt_buckets / length_buckets; `local` is this
+  process's NumPy copy (the lengths are gathered from every process)."""
+  cfg = run.cfg
+  prompt_N = run.place.gather(np.asarray(local.prompt_mask).sum(1))
+  completion_N = run.place.gather(np.asarray(local.completion_lengths))
+  trim = layout.trim_for(
+      prompt_N, completion_N,
+      layout.length_buckets(cfg.train.prompt_buckets, cfg.data.max_prompt_len,
+                            "train.prompt_buckets"),
+      layout.length_buckets(cfg.train.length_buckets, cfg.sampling.max_new_tokens,
+                            "train.length_buckets"))
+  return TrimmedRollout(_trim_columns_jit(rollout, trim), trim, prompt_N, completion_N)
+
+
+def packing(run: RLRun, prompt_len_n: np.ndarray, completion_len_n: np.ndarray,
+            trim: layout.Trim) -> dict[str, jax.Array] | None:
+  """config.train.packing: the packing indices of n trimmed rows with these
+  lengths (host ints, the same on every process) as global arrays; else None."""
+  if not run.cfg.train.packing:
+    return None
+  place = run.place
+  shards = parallel.num_batch_shards(place.mesh, parallel.batch_mesh_axes(place.mesh, place.rules))
+  n = len(prompt_len_n)
+  pk = layout.pack(prompt_len_n, completion_len_n, trim, layout.row_buckets(n, shards))
+  return {k: place.to_global(v[place.local_rows(v.shape[0])], v.shape[0]) for k, v in pk.items()}
+
+
+def device_logprobs(run: RLRun, params: Any, t: TrimmedRollout) -> jax.Array:
+  """Completion log-probs [N, C'] of the trimmed (and, configured, packed) rollout."""
+  ro = t.rollout
+  pk = packing(run, t.prompt_len_N, t.completion_len_N, t.trim)
+  return run.fns.logprobs(params, ro.tokens, ro.mask, pk, prompt_len=t.trim.prompt_len)[0]
+
+
+@dataclasses.dataclass
 class StepLogprobs:
   reference_NC: jax.Array  # zeros without a reference model
   old_NC: jax.Array        # zeros when the old policy is the detached current one
+  trimmed: TrimmedRollout  # the columns C' of both, which the updates keep too
 
 
 def reference_and_old_logprobs(run: RLRun, batch: StepBatch, groups: CollectedGroups,
                                params: Any, ref_params: Any) -> StepLogprobs:
-  rollout = batch.rollout
+  t = trimmed(run, batch.rollout, batch.local_rollout)
+  rollout = t.rollout
   shape = rollout.completion_mask.shape
   if ref_params is None:
     reference = jnp.zeros(shape, jnp.float32)
   elif groups.ref_logprobs_NC is not None and groups.rounds == 1:
-    reference = groups.ref_logprobs_NC
+    reference = groups.ref_logprobs_NC  # the same rows, hence the same trim
   else:
-    reference = run.fns.logprobs(ref_params, rollout.tokens, rollout.mask)[0]
+    reference = device_logprobs(run, ref_params, t)
   if run.cfg.loss.old_logprobs == "sampler":
     old = rollout.policy_logprobs
   elif run.detached_old:
     old = jnp.zeros(shape, jnp.float32)  # unused: stop_gradient(logp)
   else:
-    old = run.fns.logprobs(params, rollout.tokens, rollout.mask)[0]
-  return StepLogprobs(reference, old)
+    old = device_logprobs(run, params, t)
+  return StepLogprobs(reference, old, t)
 
 
 # ---- stage 5: policy updates ----------------------------------------------------
@@ -323,12 +384,15 @@ def reference_and_old_logprobs(run: RLRun, batch: StepBatch, groups: CollectedGr
 
 def update_batch(run: RLRun, batch: StepBatch, adv: Advantages, logprobs: StepLogprobs
                  ) -> dict[str, jax.Array]:
-  """The update function's batch dict (see rlx/train/steps.py)."""
-  rollout = batch.rollout
+  """The update function's batch dict (see rlx/train/steps.py), trimmed like
+  the log-probs (token-level advantages too)."""
+  rollout = logprobs.trimmed.rollout
+  c = rollout.completion_mask.shape[1]
   return dict(
       tokens=rollout.tokens, attn_mask=rollout.mask,
       loss_mask=(rollout.completion_mask & batch.valid_N[:, None]).astype(jnp.float32),
-      adv=adv.values, old_logp=logprobs.old_NC, sample_logp=rollout.sample_logprobs,
+      adv=adv.values if adv.values.ndim == 1 else adv.values[:, :c],
+      old_logp=logprobs.old_NC, sample_logp=rollout.sample_logprobs,
       ref_logp=logprobs.reference_NC, correct=batch.correct_N,
       group=run.group_ids_N,
       lengths=rollout.completion_lengths.astype(jnp.int32))
@@ -347,14 +411,22 @@ def run_updates(run: RLRun, state: steps.TrainState, batch: dict[str, jax.Array]
   t = time.time()
   cfg, n = run.cfg, run.num_completions
   rows = n // cfg.train.minibatches
+  if cfg.train.packing:  # each minibatch is packed on its own
+    completion_N = np.asarray(run.place.fetch(batch["lengths"]))
+    prompt_N = np.asarray(run.place.fetch(jnp.sum(batch["attn_mask"], 1, dtype=jnp.int32)))
+    prompt_N = prompt_N - completion_N
+    c = batch["loss_mask"].shape[1]
+    trim = layout.Trim(batch["tokens"].shape[1] - c, c)
   metrics = []
   for epoch in range(cfg.train.epochs):
     order = (np.arange(n) if epoch == 0 else
              np.asarray(jax.random.permutation(jax.random.fold_in(key, 1000 + epoch), n)))
     for i in range(cfg.train.minibatches):
-      minibatch = batch
+      minibatch, idx = batch, order[i * rows:(i + 1) * rows]
       if cfg.train.minibatches > 1 or epoch:
-        minibatch = run.place.take_rows(batch, order[i * rows:(i + 1) * rows])
+        minibatch = run.place.take_rows(batch, idx)
+      if cfg.train.packing:
+        minibatch = {**minibatch, **packing(run, prompt_N[idx], completion_N[idx], trim)}
       state, m = run.fns.update(state, minibatch)
       metrics.append(m)
   # Replicated scalars: averaged on the host (no extra device computation).

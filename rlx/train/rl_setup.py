@@ -68,7 +68,8 @@ def reward_columns(rows: list[dict[str, Any]], repeat: int = 1) -> dict[str, lis
 @dataclasses.dataclass
 class StageFns:
   """The jitted functions of a step (closed over the config)."""
-  logprobs: Callable[..., Any]    # (params, tokens_NT, mask_NT) -> (logp_NC, entropy_NC)
+  logprobs: Callable[..., Any]    # (params, tokens_NT, mask_NT, packing, prompt_len=)
+  #                                   -> (logp_NC, entropy_NC)
   update: Callable[..., Any]      # (TrainState, batch dict) -> (TrainState, metrics); donated
   advantages: Callable[..., Any]  # (rewards_NK, valid_N, lengths_N, columns) -> (adv, diagnostics)
   keep: Callable[..., Any] | None  # (rewards_NK, valid_N, columns) -> keep_N; None: no filter
@@ -177,7 +178,7 @@ def jitted_steps(cfg, graphdef, tx, state: steps.TrainState, detached_old: bool,
   logprobs = steps.make_logprobs_fn(graphdef, prompt_len, cfg.sampling.temperature, chunk,
                                     effective=effective)
   update = steps.make_update_fn(
-          graphdef, tx, cfg.loss.terms, prompt_len=prompt_len,
+          graphdef, tx, cfg.loss.terms,
           temperature=cfg.sampling.temperature, chunk=chunk, detached_old=detached_old,
           max_len=cfg.sampling.max_new_tokens, num_groups=cfg.train.batch_prompts,
           state_shardings=jax.tree.map(lambda x: x.sharding, state),
@@ -233,7 +234,7 @@ def _stage_fns(cfg, policy: common.Policy, tx, state: steps.TrainState, scorer: 
       cfg, policy.graphdef, tx, state, detached_old, effective))
   model_params = lambda params: params
   if lora is not None:  # the frozen base is an argument of every call, never donated
-    logprobs = (lambda fn: lambda p, t, m: fn(p, lora.frozen, t, m))(logprobs)
+    logprobs = (lambda fn: lambda p, t, m, *a, **k: fn(p, lora.frozen, t, m, *a, **k))(logprobs)
     update = (lambda fn: lambda s, b: fn(s, b, lora.frozen))(update)
     merge = jax.jit(lora.effective)  # once per step, outside the decode loop
     model_params = lambda params: merge(params, lora.frozen)

@@ -1,16 +1,20 @@
 """The jitted pure functions of an RL step (no I/O, no Python state).
 
-    logprobs_fn(params, tokens, mask)            -> logp [N, C], entropy [N, C]
-    update_fn(state, batch)                      -> state, metrics   (state donated)
+    logprobs_fn(params, tokens, mask, packing=None)  -> logp [N, C], entropy [N, C]
+    update_fn(state, batch)                          -> state, metrics   (state donated)
 
 With LoRA (`effective` given), `state.params` are the adapters only and the
 functions take the frozen base as one more argument, never donated:
-    logprobs_fn(adapters, frozen, tokens, mask)  (adapters {}: the base model)
-    update_fn(state, batch, frozen)              (gradient w.r.t. the adapters only)
+    logprobs_fn(adapters, frozen, tokens, mask, ...)  (adapters {}: the base model)
+    update_fn(state, batch, frozen)                   (gradient w.r.t. the adapters only)
 
 `batch` is a dict of arrays for one minibatch:
     tokens [n, P+C], attn_mask [n, P+C], loss_mask [n, C], adv [n] or [n, C],
     old_logp [n, C], sample_logp [n, C], ref_logp [n, C], correct [n], group [n], lengths [n]
+and, packed (rlx/train/layout.py), pack_src, pack_seg [B', T'] and unpack [n, C].
+The completions are the last C = loss_mask.shape[1] columns of `tokens`, so a
+batch trimmed to shorter prompts and completions (rlx/train/layout.py) runs
+through the same functions (one compile per shape).
 """
 from __future__ import annotations
 
@@ -22,7 +26,10 @@ import jax.numpy as jnp
 import optax
 
 from rlx import losses
+from rlx.models.decoder import positions_from_mask
 from rlx.models.logprobs import token_logprobs
+
+PACKING_KEYS = ("pack_src", "pack_seg", "unpack")
 
 
 @flax.struct.dataclass
@@ -33,38 +40,59 @@ class TrainState:
   skipped: jax.Array  # updates skipped for a non-finite loss or gradient
 
 
-def completion_logprobs(graphdef, params, tokens, attn_mask, prompt_len: int,
-                        temperature: float = 1.0, chunk: int = 0, remat: bool | str = False):
-  """Log-probs and entropies of the completion tokens (positions >= prompt_len)."""
+def completion_logprobs(graphdef, params, tokens, attn_mask, completion_len: int,
+                        temperature: float = 1.0, chunk: int = 0, remat: bool | str = False,
+                        packing: Mapping[str, jax.Array] | None = None):
+  """Log-probs and entropies [n, C] of the completion tokens, the last
+  `completion_len` columns of tokens [n, P + C].
+
+  packing (`pack_src`, `pack_seg`, `unpack` of rlx/train/layout.py): the model
+  runs on the packed rows (segment ids, each sequence's own positions) and the
+  results are gathered back to [n, C]; the same values as unpacked.
+  """
   kw = {"temperature": temperature, "remat": remat}
   if chunk:
     kw["chunk_size"] = chunk
-  logp, ent = token_logprobs(graphdef, params, tokens, attn_mask, **kw)
-  return logp[:, prompt_len:], ent[:, prompt_len:]
+  attn_mask = attn_mask.astype(bool)
+  if packing is None:
+    logp, ent = token_logprobs(graphdef, params, tokens, attn_mask, **kw)
+    return logp[:, -completion_len:], ent[:, -completion_len:]
+  src_BT = packing["pack_src"]
+  live_BT = src_BT >= 0
+  take = lambda x_nT: jnp.where(live_BT, x_nT.reshape(-1)[jnp.maximum(src_BT, 0)], 0)
+  logp, ent = token_logprobs(graphdef, params, take(tokens), live_BT,
+                             positions_BT=take(positions_from_mask(attn_mask)),
+                             segment_ids_BT=packing["pack_seg"], **kw)
+  unpack_nC = packing["unpack"]
+  return logp.reshape(-1)[unpack_nC], ent.reshape(-1)[unpack_nC]
 
 
 def make_logprobs_fn(graphdef, prompt_len: int, temperature: float, chunk: int,
                      effective=None):
+  """The jitted completion log-probs of (params, tokens, mask[, packing]);
+  completions start at column `prompt_len` (static keyword: a trimmed batch's)."""
+  def fn(params, tokens, attn_mask, packing=None, prompt_len=prompt_len):
+    return completion_logprobs(graphdef, params, tokens, attn_mask,
+                               tokens.shape[1] - prompt_len, temperature, chunk, packing=packing)
+
   if effective is not None:
-    def lora_fn(adapters, frozen, tokens, attn_mask):
-      return completion_logprobs(graphdef, effective(adapters, frozen), tokens, attn_mask,
-                                 prompt_len, temperature, chunk)
-    return jax.jit(lora_fn)
-
-  def fn(params, tokens, attn_mask):
-    return completion_logprobs(graphdef, params, tokens, attn_mask, prompt_len, temperature, chunk)
-  return jax.jit(fn)
+    def lora_fn(adapters, frozen, tokens, attn_mask, packing=None, prompt_len=prompt_len):
+      return fn(effective(adapters, frozen), tokens, attn_mask, packing, prompt_len)
+    return jax.jit(lora_fn, static_argnames=("prompt_len",))
+  return jax.jit(fn, static_argnames=("prompt_len",))
 
 
-def make_loss_fn(graphdef, terms: Mapping[str, Any], *, prompt_len: int, temperature: float,
-                 chunk: int, detached_old: bool, max_len: int, num_groups: int | None = None,
+def make_loss_fn(graphdef, terms: Mapping[str, Any], *, temperature: float, chunk: int,
+                 detached_old: bool, max_len: int, num_groups: int | None = None,
                  remat: bool | str = False):
   """loss_fn(params, batch) -> (loss, metrics) of the configured loss terms (not jitted)."""
   terms = {k: dict(v) for k, v in terms.items()}
 
   def loss_fn(params, batch):
+    packing = {k: batch[k] for k in PACKING_KEYS} if "unpack" in batch else None
     logp, ent = completion_logprobs(graphdef, params, batch["tokens"], batch["attn_mask"],
-                                    prompt_len, temperature, chunk, remat)
+                                    batch["loss_mask"].shape[1], temperature, chunk, remat,
+                                    packing)
     inputs = losses.LossInputs(
         logp_NT=logp, mask_NT=batch["loss_mask"], advantages=batch["adv"],
         old_logp_NT=None if detached_old else batch["old_logp"],
@@ -78,7 +106,7 @@ def make_loss_fn(graphdef, terms: Mapping[str, Any], *, prompt_len: int, tempera
 
 
 def make_update_fn(graphdef, tx: optax.GradientTransformation, terms: Mapping[str, Any], *,
-                   prompt_len: int, temperature: float, chunk: int, detached_old: bool,
+                   temperature: float, chunk: int, detached_old: bool,
                    remat: bool | str = False,
                    max_len: int, num_groups: int | None = None, state_shardings: Any = None,
                    effective=None):
@@ -93,7 +121,7 @@ def make_update_fn(graphdef, tx: optax.GradientTransformation, terms: Mapping[st
   pins the new state to the same layout, so params and optimizer state keep
   their shards from step to step (and the step compiles once).
   """
-  loss_fn = make_loss_fn(graphdef, terms, prompt_len=prompt_len, temperature=temperature,
+  loss_fn = make_loss_fn(graphdef, terms, temperature=temperature,
                          chunk=chunk, detached_old=detached_old, max_len=max_len,
                          num_groups=num_groups, remat=remat)
 
