@@ -28,10 +28,11 @@ def _model():
   return cfg, gd, params
 
 
-def _logits(gd, params, tokens_BT):
+def _logits(gd, params, tokens_BT, adapters=None):
   B, T = tokens_BT.shape
   pos = jnp.broadcast_to(jnp.arange(T), (B, T))
-  return models.forward(gd, params, tokens_BT, pos, jnp.ones((B, T), bool))[0]
+  return models.forward(gd, params, tokens_BT, pos, jnp.ones((B, T), bool),
+                        adapters=adapters)[0]
 
 
 TOKENS = jax.random.randint(jax.random.PRNGKey(5), (2, 12), 0, 48)
@@ -48,7 +49,7 @@ def _batch(N=4, P=4, C=4):
 
 def _trained(spec, cfg, gd, params, scales=None, n=3):
   """Adapters after n Adam updates on a toy policy-gradient batch."""
-  effective = lambda ad, fr: lora.effective_params(spec, fr["params"], ad, fr["scales"])
+  effective = lambda ad, fr, step: (fr["params"], lora.decoder_adapters(spec, ad, fr["scales"]))
   frozen = {"params": params, "scales": scales or {}}
   tx = optax.adam(3e-2)
   ad = lora.init_adapters(cfg, spec, jax.random.PRNGKey(2))
@@ -65,8 +66,28 @@ def test_zero_init_adapters_give_the_base_logits_exactly():
   cfg, gd, params = _model()
   spec = lora.make_spec(cfg, 4, 8.0, "q,k,v,o,gate,up,down")
   ad = lora.init_adapters(cfg, spec, jax.random.PRNGKey(1))
+  base = _logits(gd, params, TOKENS)
+  # The adapter path inside the projections (the trainer's) and the merged weights.
+  np.testing.assert_array_equal(_logits(gd, params, TOKENS, lora.decoder_adapters(spec, ad)),
+                                base)
   eff = jax.jit(lambda p, a: lora.effective_params(spec, p, a))(params, ad)
-  np.testing.assert_array_equal(_logits(gd, eff, TOKENS), _logits(gd, params, TOKENS))
+  np.testing.assert_array_equal(_logits(gd, eff, TOKENS), base)
+
+
+def test_adapter_path_equals_merged_weights_in_scan_and_unrolled_layers():
+  cfg, gd, params = _model()
+  spec = lora.make_spec(cfg, 4, 8.0, "q,k,v,o,gate,up,down")
+  ad = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(3), x.shape),
+                    lora.init_adapters(cfg, spec, jax.random.PRNGKey(1)))
+  merged = np.asarray(_logits(gd, lora.effective_params(spec, params, ad), TOKENS))
+  assert np.abs(merged - np.asarray(_logits(gd, params, TOKENS))).max() > 1e-2
+  got = np.asarray(_logits(gd, params, TOKENS, lora.decoder_adapters(spec, ad)))
+  np.testing.assert_allclose(got, merged, atol=2e-5)
+  B, T = TOKENS.shape
+  layers = models.unstack_layers(cfg, params, lora.decoder_adapters(spec, ad))
+  unrolled = models.forward(gd, params, TOKENS, jnp.broadcast_to(jnp.arange(T), (B, T)),
+                            jnp.ones((B, T), bool), layers=layers)[0]
+  np.testing.assert_allclose(np.asarray(unrolled), merged, atol=2e-5)
 
 
 def test_only_adapters_train_and_the_base_is_untouched():
@@ -100,8 +121,9 @@ def test_merged_and_peft_exports_match_rlx_in_transformers(tmp_path):
   cfg, gd, params = _model()
   spec = lora.make_spec(cfg, 4, 8.0, "q,k,v,o,gate,up,down")
   state, frozen, effective = _trained(spec, cfg, gd, params)
-  eff = effective(state.params, frozen)
-  want = np.asarray(_logits(gd, eff, TOKENS))
+  eff = lora.effective_params(spec, params, state.params)
+  p, ad = effective(state.params, frozen, None)
+  want = np.asarray(_logits(gd, p, TOKENS, ad))
   assert np.abs(want - np.asarray(_logits(gd, params, TOKENS))).max() > 1e-3  # adapters matter
   hf_io.save_hf(tmp_path / "merged", cfg, jax.device_get(eff))
   merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", torch_dtype="float32")
@@ -126,6 +148,9 @@ def test_qlora_int8_base_dequantizes_per_output_channel():
     assert np.abs(w - e).max() <= 0.5 * s.max() + 1e-7  # round-to-nearest int8
   base, deq = _logits(gd, params, TOKENS), _logits(gd, eff, TOKENS)
   assert float(jnp.abs(base - deq).max()) < 2e-2
+  # The decoder dequantizes per layer inside its scan: the same model.
+  per_layer = _logits(gd, q, TOKENS, lora.decoder_adapters(spec, {}, scales))
+  np.testing.assert_allclose(np.asarray(per_layer), np.asarray(deq), atol=1e-5)
   # Training on the int8 base moves only the adapters too.
   state, frozen, _ = _trained(spec, cfg, gd, q, scales, n=2)
   assert frozen["params"]["layers"]["q"][...].dtype == jnp.int8
@@ -146,7 +171,7 @@ def _cfg(**lora_kw):
     (dict(rank=4, targets="q,zz"), "matches no projection"),
     (dict(rank=100), "rank=100 exceeds projection 'k' (128 x 64); valid: 1..64"),
     (dict(rank=4, quantize="nf9"), "quantize='nf9' is not one of 'none', 'int8'"),
-    (dict(rank=4, dropout=0.1), "valid: 0.0"),
+    (dict(rank=4, dropout=1.0), "dropout=1.0; valid: 0.0 <= dropout < 1.0"),
 ])
 def test_bad_lora_config_is_one_line_error(kw, needle):
   from rlx.train.config import validate

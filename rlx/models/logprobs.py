@@ -31,14 +31,15 @@ def token_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Arr
                    mask_BT: jax.Array, chunk_size: int = 128,
                    temperature: float | jax.Array = 1.0, positions_BT: jax.Array | None = None,
                    remat: bool | None = None, checkpoint_chunks: bool = True,
-                   ) -> tuple[jax.Array, jax.Array]:
+                   adapters: Any = None) -> tuple[jax.Array, jax.Array]:
   """(logp_BT, entropy_BT): log p(tokens[:, t] | tokens[:, :t]) under softmax(logits / T).
 
   Entry t is 0 unless mask_BT[:, t] and mask_BT[:, t - 1] (so position 0 and the
   first real token of a left-padded row get 0); entropy_BT[:, t] is the entropy
   of the same predictive distribution (the one that produced token t).
   positions default to positions_from_mask(mask_BT). chunk_size positions of
-  logits exist at a time; T is padded up to a multiple of it.
+  logits exist at a time; T is padded up to a multiple of it. adapters: the
+  decoder's `Adapters` (LoRA / int8 base), applied inside its projections.
   """
   B, T = tokens_BT.shape
   mask_BT = mask_BT.astype(bool)
@@ -48,7 +49,8 @@ def token_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Arr
   if model.cfg.is_reward_model:
     raise ValueError("token_logprobs needs a causal LM; got a reward model config "
                      f"({model.cfg.architectures[0]}).")
-  hidden_BTD, _ = model(tokens_BT, positions_BT, mask_BT, return_hidden=True, remat=remat)
+  hidden_BTD, _ = model(tokens_BT, positions_BT, mask_BT, return_hidden=True, remat=remat,
+                        adapters=adapters)
   # hidden[t] predicts tokens[t + 1].
   targets_BT = jnp.concatenate([tokens_BT[:, 1:], jnp.zeros_like(tokens_BT[:, :1])], axis=1)
   X = max(1, min(chunk_size, T))  # tokens per chunk

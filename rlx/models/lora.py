@@ -6,16 +6,20 @@ Adapters are a separate small pytree next to the frozen base params:
 
 for each targeted projection `name` of `decoder.param_specs` (q, k, v, o,
 gate, up, down; "in" is D, except o: H, E and down: F). The model stays a
-pure function of (graphdef, params): `effective_params(spec, base, adapters)`
-returns the base tree with W_eff = W + (alpha / rank) * A @ B on the targeted
-weights, computed inside the caller's jit (the trainer differentiates only
-the adapters; the base is an argument, never a traced variable of the
-gradient). `adapters={}` gives the base model (adapters off): the reference
-model of LoRA runs. Zero-initialized B gives logits identical to the base.
+pure function of (graphdef, params): `decoder_adapters(spec, adapters, scales)`
+is the decoder's `Adapters` option, so each projection computes
+x @ W + ((drop(x) @ A) @ B) * alpha / rank inside the layer scan (no merged
+model-sized copy, no weight gradient of the base; the trainer differentiates
+only the adapters). `adapters={}` gives the base model (adapters off): the
+reference model of LoRA runs. Zero-initialized B gives logits identical to
+the base. LoRA dropout (rate `spec.dropout`) acts on the adapter input only,
+and only when a key is given (the update); eval, sampling and the reference
+run without it. `effective_params` merges W + (alpha / rank) A @ B into a
+params tree (the merged export, and the sampler's weights once per step).
 
 QLoRA (`quantize="int8"`): `quantize_base` stores each targeted base weight
 as int8 with per-output-channel float32 scales (absmax / 127 over the input
-axes); `effective_params` dequantizes on use.
+axes); the decoder dequantizes one layer at a time, inside its scan.
 
 Why own adapters rather than qwix: qwix inserts LoRA by intercepting the
 einsum / dot_general calls of Flax modules and attaching `nnx.LoRAParam`s to
@@ -45,7 +49,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from rlx.models.config import ModelConfig
-from rlx.models.decoder import param_specs
+from rlx.models.decoder import Adapters, param_specs
 
 # Logical target name -> number of input axes (after the layer axis) of its weight.
 TARGETS = {"q": 1, "k": 1, "v": 1, "o": 2, "gate": 1, "up": 1, "down": 1}
@@ -63,6 +67,7 @@ class LoraSpec:
   alpha: float
   targets: tuple[str, ...]      # rlx layer param names
   quantize: str = "none"        # none | int8 (QLoRA)
+  dropout: float = 0.0          # on the adapter input, in the update only
 
   @property
   def scale(self) -> float:
@@ -104,8 +109,10 @@ def resolve_targets(cfg: ModelConfig, targets: Any) -> tuple[str, ...]:
 
 
 def make_spec(cfg: ModelConfig, rank: int, alpha: float, targets: Any,
-              quantize: str = "none") -> LoraSpec:
+              quantize: str = "none", dropout: float = 0.0) -> LoraSpec:
   """Checks the LoRA settings against the model; ValueError with the valid choices."""
+  if not 0.0 <= dropout < 1.0:
+    raise ValueError(f"config.model.lora.dropout={dropout}; valid: 0.0 <= dropout < 1.0.")
   if cfg.is_reward_model:
     raise ValueError("config.model.lora.rank > 0 with a reward-model head: LoRA applies to "
                      "causal-LM policies only; valid: rank=0 for reward models.")
@@ -121,7 +128,8 @@ def make_spec(cfg: ModelConfig, rank: int, alpha: float, targets: Any,
   if rank > min(dims[n]):
     raise ValueError(f"config.model.lora.rank={rank} exceeds projection {n!r} "
                      f"({dims[n][0]} x {dims[n][1]}); valid: 1..{min(dims[n])}.")
-  return LoraSpec(rank=int(rank), alpha=float(alpha), targets=names, quantize=quantize)
+  return LoraSpec(rank=int(rank), alpha=float(alpha), targets=names, quantize=quantize,
+                  dropout=float(dropout))
 
 
 def init_adapters(cfg: ModelConfig, spec: LoraSpec, key: jax.Array,
@@ -168,6 +176,14 @@ def quantize_base(spec: LoraSpec, params: Any) -> tuple[Any, dict[str, jax.Array
     layers[n].set_value(jnp.clip(jnp.round(w / s), -127, 127).astype(jnp.int8))
     scales[n] = s
   return params, scales
+
+
+def decoder_adapters(spec: LoraSpec, adapters: dict, scales: dict | None = None,
+                     key: jax.Array | None = None) -> Adapters:
+  """The decoder's `Adapters` option: `adapters` ({}: off) on the base whose
+  int8 weights have `scales`; `key` turns on LoRA dropout (training only)."""
+  return Adapters(lora=adapters, qscales=dict(scales or {}), key=key, scale=spec.scale,
+                  dropout=spec.dropout if key is not None else 0.0)
 
 
 def effective_params(spec: LoraSpec, base: Any, adapters: dict, scales: dict | None = None,

@@ -80,9 +80,18 @@ class Lora:
   """A LoRA run's frozen base: the train state's params are the adapters only,
   and the reference is the base with adapters off (reference params `{}`)."""
   spec: lora_lib.LoraSpec
-  frozen: dict[str, Any]  # {'params': base params (int8 targets with QLoRA), 'scales': {...}}
+  # {'params': base params (int8 targets with QLoRA), 'scales': {...}, 'key': dropout key}
+  frozen: dict[str, Any]
 
-  def effective(self, adapters, frozen):
+  def effective(self, adapters, frozen, step=None):
+    """(base params, decoder Adapters); step given (the update): LoRA dropout."""
+    key = None if step is None or not self.spec.dropout else jax.random.fold_in(
+        frozen["key"], step)
+    return frozen["params"], lora_lib.decoder_adapters(self.spec, adapters, frozen["scales"],
+                                                       key)
+
+  def merged(self, adapters, frozen):
+    """The params with the adapters merged in (int8 dequantized)."""
     return lora_lib.effective_params(self.spec, frozen["params"], adapters, frozen["scales"])
 
 
@@ -137,11 +146,13 @@ def _initial_state(cfg, place: Placement, policy: common.Policy, tx
   lora = None
   if cfg.model.lora.rank:
     lo = cfg.model.lora
-    spec = lora_lib.make_spec(policy.cfg, lo.rank, lo.alpha, lo.targets, lo.quantize)
+    spec = lora_lib.make_spec(policy.cfg, lo.rank, lo.alpha, lo.targets, lo.quantize,
+                              lo.dropout)
     scales = {}
     if spec.quantize == "int8":
       params, scales = lora_lib.quantize_base(spec, params)
-    lora = Lora(spec, {"params": params, "scales": scales})
+    lora = Lora(spec, {"params": params, "scales": scales,
+                       "key": place.replicated(np.asarray(jax.random.PRNGKey(cfg.seed + 2)))})
     adapters = lora_lib.init_adapters(policy.cfg, spec, jax.random.PRNGKey(cfg.seed + 1),
                                       policy.cfg.param_dtype)
     p_sh = place.param_shardings(adapters, logical_axes=lora_lib.logical_axes(policy.cfg, spec))
@@ -196,7 +207,7 @@ def _stage_fns(cfg, policy: common.Policy, tx, state: steps.TrainState, scorer: 
   if lora is not None:  # the frozen base is an argument of every call, never donated
     logprobs = (lambda fn: lambda p, t, m: fn(p, lora.frozen, t, m))(logprobs)
     update = (lambda fn: lambda s, b: fn(s, b, lora.frozen))(update)
-    merge = jax.jit(lora.effective)  # once per step, outside the decode loop
+    merge = jax.jit(lora.merged)  # once per step, outside the decode loop
     model_params = lambda params: merge(params, lora.frozen)
   return StageFns(
       logprobs=logprobs,
