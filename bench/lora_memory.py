@@ -4,10 +4,11 @@ Bytes = policy params + optimizer state + reference params, from the shapes
 (`jax.eval_shape`, nothing allocated): full fine-tuning keeps the params, two
 AdamW moments and a reference copy; LoRA keeps the frozen base (which is also
 the reference, adapters off), the adapters and their moments; QLoRA int8
-stores the adapted projections int8 with per-output-channel scales. For the
-Qwen2.5-1.5B shape the update step is also compiled on abstract shapes and
-its `memory_analysis()` (arguments + temporaries) reported. The update step
-time (SmolLM2-135M shape, small batch) is measured for full and LoRA.
+stores the adapted projections int8 with per-output-channel scales. For both
+shapes the update step is also compiled on abstract shapes and its
+`memory_analysis()` (arguments + temporaries, plus the reference for full
+fine-tuning) reported. The update step time (SmolLM2-135M shape, small batch)
+is measured for full, LoRA and QLoRA.
 
     python bench/lora_memory.py [--rank 16] [--steps 3] [--no_time]
 """
@@ -90,7 +91,8 @@ def variants(cfg, rank: int):
     if quant == "int8":
       base, scales = jax.eval_shape(lambda p: lora.quantize_base(spec, p), params)
     frozen = {"params": base, "scales": scales}
-    eff = lambda a, f, spec=spec: lora.effective_params(spec, f["params"], a, f["scales"])
+    eff = lambda a, f, step, spec=spec: (f["params"],
+                                         lora.decoder_adapters(spec, a, f["scales"]))
     st = steps.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=ad,
                           opt_state=jax.eval_shape(tx.init, ad),
                           skipped=jax.ShapeDtypeStruct((), jnp.int32))
@@ -158,9 +160,8 @@ def main():
     cfg = models.ModelConfig.from_hf(hf)
     vs = variants(cfg, a.rank)
     row = {k: state_bytes(v) for k, v in vs.items()}
-    if name == "qwen2.5_1.5b":
-      for k, v in vs.items():
-        row[k]["compiled"] = compiled_bytes(v)
+    for k, v in vs.items():
+      row[k]["compiled"] = compiled_bytes(v)
     for k in ("lora", "qlora_int8"):
       row[f"{k}_over_full"] = round(row[k]["total"] / row["full"]["total"], 4)
       if "compiled" in row[k]:

@@ -191,30 +191,29 @@ def _proj(x_BTD: jax.Array, w_DX: jax.Array) -> jax.Array:
   return out.reshape((B, T) + w_DX.shape[1:])
 
 
-def _weight(lp: dict, name: str, dt) -> jax.Array:
-  """This layer's weight `name` in the compute dtype; an int8 weight is
-  dequantized under jax.checkpoint, so the backward pass recomputes it from
-  the int8 layer slice instead of storing a float copy per layer."""
+def _base_proj(x_BTI: jax.Array, lp: dict, name: str, dt) -> jax.Array:
+  """x @ W for layer weight `name` (x's last axis: W's input axes flattened,
+  I = D, or H * E for o). An int8 weight is dequantized here, one layer at a
+  time, under jax.checkpoint: the backward pass recomputes it from the int8
+  slice rather than keeping a float copy of every layer's weight."""
+  I = x_BTI.shape[-1]
+  as_IX = lambda w: w.reshape((I,) + w.shape[w.ndim - 1:]) if name == "o" else w
   ad = lp.get("adapters")
-  if ad is not None and name in ad.qscales:
-    return jax.checkpoint(lambda q, s: (q.astype(jnp.float32) * s).astype(dt))(
-        lp[name], ad.qscales[name])
-  return lp[name].astype(dt)
+  if ad is None or name not in ad.qscales:
+    return _proj(x_BTI, as_IX(lp[name].astype(dt)))
+  deq = lambda x, q, s: _proj(x, as_IX((q.astype(jnp.float32) * s).astype(dt)))
+  return jax.checkpoint(deq)(x_BTI, lp[name], ad.qscales[name])
 
 
 def _adapted_proj(x_BTI: jax.Array, lp: dict, name: str, dt) -> jax.Array:
-  """x @ W for layer projection `name` (x's last axis: W's input axes
-  flattened, I = D, or H * E for o), plus the LoRA path
-  ((drop(x) @ A) @ B) * scale if `lp['adapters']` adapts it."""
-  w = _weight(lp, name, dt)
-  I = x_BTI.shape[-1]
-  w_IX = w.reshape((I,) + w.shape[w.ndim - 1:]) if name == "o" else w
-  y = _proj(x_BTI, w_IX)
+  """`_base_proj` plus the LoRA path ((drop(x) @ A) @ B) * scale if
+  `lp['adapters']` adapts `name`."""
+  y = _base_proj(x_BTI, lp, name, dt)
   ad = lp.get("adapters")
   if ad is None or name not in ad.lora:
     return y
   a, b = ad.lora[name]["a"], ad.lora[name]["b"]
-  r = a.shape[-1]
+  I, r = x_BTI.shape[-1], a.shape[-1]
   if ad.key is not None and ad.dropout > 0:
     keep = jax.random.bernoulli(jax.random.fold_in(ad.key, PROJECTIONS.index(name)),
                                 1.0 - ad.dropout, x_BTI.shape)
