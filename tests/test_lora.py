@@ -157,6 +157,44 @@ def test_qlora_int8_base_dequantizes_per_output_channel():
   assert float(jnp.abs(state.params["q"]["b"]).max()) > 0
 
 
+def test_lora_dropout_is_on_the_adapter_input_in_training_only():
+  from rlx.models.decoder import _adapted_proj
+  from rlx.train.rl_setup import Lora
+  cfg, gd, params = _model()
+  spec = lora.make_spec(cfg, 4, 8.0, "q,v", dropout=0.5)
+  ad = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.PRNGKey(3), x.shape),
+                    lora.init_adapters(cfg, spec, jax.random.PRNGKey(1)))
+  key = jax.random.PRNGKey(9)
+  # No key (eval, sampling, reference): no dropout.
+  off = lora.decoder_adapters(lora.make_spec(cfg, 4, 8.0, "q,v"), ad)
+  np.testing.assert_array_equal(_logits(gd, params, TOKENS, lora.decoder_adapters(spec, ad)),
+                                _logits(gd, params, TOKENS, off))
+  # With a key, only the adapter path drops: zero-init B gives the base exactly.
+  zero = lora.init_adapters(cfg, spec, jax.random.PRNGKey(1))
+  np.testing.assert_array_equal(
+      _logits(gd, params, TOKENS, lora.decoder_adapters(spec, zero, key=key)),
+      _logits(gd, params, TOKENS))
+  # One projection: each key drops a different ~half of x's entries (scaled by 2);
+  # over keys the adapter term averages to the undropped one (E[drop(x)] = x).
+  w = params["layers"]["q"][...][0]
+  x = jax.random.normal(jax.random.PRNGKey(4), (1, 3, 32))
+  lp = lambda k: {"q": w, "adapters": lora.decoder_adapters(
+      spec, jax.tree.map(lambda t: t[0], ad), key=k)}
+  base = _adapted_proj(x, {"q": w}, "q", jnp.float32)
+  clean = _adapted_proj(x, lp(None), "q", jnp.float32) - base
+  keys = jax.random.split(key, 4000)
+  drops = jax.vmap(lambda k: _adapted_proj(x, lp(k), "q", jnp.float32) - base)(keys)
+  assert float(jnp.abs(drops[0] - drops[1]).max()) > 1e-3
+  err = float(jnp.abs(drops.mean(0) - clean).max() / jnp.abs(clean).max())
+  assert err < 0.06, err
+  # The trainer: dropout keys come from the update's step (resume-exact), none without a step.
+  run_lora = Lora(spec, {"params": params, "scales": {}, "key": key})
+  assert run_lora.effective(ad, run_lora.frozen)[1].key is None
+  k1, k2 = (run_lora.effective(ad, run_lora.frozen, jnp.int32(s))[1].key for s in (1, 2))
+  assert not np.array_equal(k1, k2)
+  np.testing.assert_array_equal(k1, run_lora.effective(ad, run_lora.frozen, jnp.int32(1))[1].key)
+
+
 def _cfg(**lora_kw):
   from rlx.train.config import base_config
   c = base_config()
