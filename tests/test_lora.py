@@ -157,6 +157,23 @@ def test_qlora_int8_base_dequantizes_per_output_channel():
   assert float(jnp.abs(state.params["q"]["b"]).max()) > 0
 
 
+def test_sampler_adapter_path_matches_merged_weights():
+  from rlx import sampling
+  cfg, gd, params = _model()
+  spec = lora.make_spec(cfg, 4, 8.0, "q,o,down", quantize="int8")
+  q, scales = lora.quantize_base(spec, params)
+  ad = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(3), x.shape),
+                    lora.init_adapters(cfg, spec, jax.random.PRNGKey(1)))
+  st = sampling.SamplingSettings(max_new_tokens=6, group_size=2)
+  mask = jnp.ones((2, 5), bool)
+  merged = sampling.sample(gd, lora.effective_params(spec, q, ad, scales), TOKENS[:, :5], mask,
+                           jax.random.PRNGKey(4), st)
+  path = sampling.sample(gd, q, TOKENS[:, :5], mask, jax.random.PRNGKey(4), st,
+                         adapters=lora.decoder_adapters(spec, ad, scales))
+  np.testing.assert_array_equal(path.completion_tokens, merged.completion_tokens)
+  np.testing.assert_allclose(path.sample_logprobs, merged.sample_logprobs, atol=1e-4)
+
+
 def test_lora_dropout_is_on_the_adapter_input_in_training_only():
   from rlx.models.decoder import _adapted_proj
   from rlx.train.rl_setup import Lora
@@ -257,3 +274,40 @@ def test_lora_rl_kill_and_resume_is_bitwise_and_exports(data_file, tmp_path):  #
   a, b = (load_file(os.path.join(wd, "peft", "adapter_model.safetensors")) for wd in (wd_a, wd_b))
   assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
   assert any(abs(v).max() > 0 for k, v in a.items() if "lora_B" in k)  # the adapters trained
+
+
+# ---- LoRA on the 2x2x2 mesh equals the 1-device run ----------------------------
+
+
+def test_lora_rl_on_2x2x2_mesh_equals_one_device(data_file, tmp_path):  # noqa: F811
+  """`rlx.main` with QLoRA int8 + dropout for 2 steps (8 updates) on 8 simulated
+  devices (data x fsdp x tensor = 2 x 2 x 2) and on 1: the same metrics (to the
+  full-weight mesh test's tolerance), adapters and base sharded on the mesh."""
+  from tests import test_parallel_train as tp
+  flags = ("--config.model.lora.rank=4", "--config.model.lora.quantize=int8",
+           "--config.model.lora.dropout=0.1")
+  wd = {k: str(tmp_path / k) for k in ("one", "mesh")}
+  jobs = [tp._Job("one", tp._cli(wd["one"], data_file, 2, "--config.mesh.axes.data=1", *flags),
+                  devices=1, logdir=str(tmp_path)),
+          tp._Job("mesh", tp._cli(wd["mesh"], data_file, 2, "--config.mesh.axes.data=2",
+                                  "--config.mesh.axes.fsdp=2", "--config.mesh.axes.tensor=2",
+                                  *flags), devices=8, logdir=str(tmp_path))]
+  try:
+    for j in jobs:
+      j.wait()
+  finally:
+    for j in jobs:
+      j.kill()
+  one, mesh = tp._metrics(wd["one"]), tp._metrics(wd["mesh"])
+  assert sorted(one) == sorted(mesh) == [0, 1, 2]
+  tp._assert_rows_close(mesh, one, [0, 1, 2])
+  assert one[2]["loss"] != 0.0 and "eval/correct" in one[2]
+  probe = tp._probe(wd["mesh"])
+  assert probe["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
+  # The train state is the adapters: A [L, in, r] split like its weight's input
+  # axes (fsdp), B [L, r, out] like its outputs (tensor); the int8 base too.
+  assert probe["params"]["up/a"] == [[2, 32, 4], [2, 16, 4], 8]
+  assert probe["params"]["up/b"] == [[2, 4, 64], [2, 4, 32], 8]
+  assert probe["new_params"] == probe["params"]
+  assert probe["frozen"]["layers/up/value"] == [[2, 32, 64], [2, 16, 32], 8]
+  assert set(probe["params"]) == {f"{n}/{m}" for n in lora.TARGETS for m in "ab"}
