@@ -212,6 +212,40 @@ def test_lora_dropout_is_on_the_adapter_input_in_training_only():
   np.testing.assert_array_equal(k1, run_lora.effective(ad, run_lora.frozen, jnp.int32(1))[1].key)
 
 
+def test_qlora_int4_base_per_group_scales_error_bound_and_memory(monkeypatch):
+  monkeypatch.setattr(lora, "INT4_GROUP", 16)
+  cfg, gd, params = _model()
+  spec4 = lora.make_spec(cfg, 4, 8.0, "q,o,down", quantize="int4")
+  q4, s4 = lora.quantize_base(spec4, params)
+  assert q4["layers"]["q"][...].dtype == jnp.int4
+  # One scale per 16 inputs of the last input axis (D = 32, E = 8, F = 64).
+  assert s4["q"].shape == (2, 2, 1, 4, 8) and s4["o"].shape == (2, 4, 1, 1, 32)
+  assert s4["down"].shape == (2, 4, 1, 32)
+  eff = lora.effective_params(spec4, q4, {}, s4)
+  for n, a in (("q", 1), ("o", 2), ("down", 1)):  # round to nearest: |w - q s| <= s / 2
+    w, e = np.asarray(params["layers"][n][...]), np.asarray(eff["layers"][n][...])
+    s = np.asarray(s4[n])
+    g = lambda x: x.reshape(x.shape[:a] + (s.shape[a], -1) + x.shape[a + 1:])
+    assert (np.abs(g(w) - g(e)) <= 0.5 * s + 1e-7).all()
+    assert np.abs(w - e).max() > 0.1 * s.max()  # int4 is coarse: the test can fail
+  base = _logits(gd, params, TOKENS)
+  per_layer = _logits(gd, q4, TOKENS, lora.decoder_adapters(spec4, {}, s4))
+  np.testing.assert_allclose(np.asarray(per_layer), np.asarray(_logits(gd, eff, TOKENS)),
+                             atol=1e-5)
+  assert float(jnp.abs(per_layer - base).max()) < 0.1
+  # XLA stores int4 packed: the compiled forward's int4 base takes half the
+  # int8 base's bytes for the quantized weights (scales aside).
+  spec8 = lora.make_spec(cfg, 4, 8.0, "q,o,down", quantize="int8")
+  q8, s8 = lora.quantize_base(spec8, params)
+  arg_bytes = lambda p, sc, spec: jax.jit(lambda p, sc: _logits(
+      gd, p, TOKENS, lora.decoder_adapters(spec, {}, sc))).lower(p, sc).compile(
+      ).memory_analysis().argument_size_in_bytes
+  b4, b8 = arg_bytes(q4, s4, spec4), arg_bytes(q8, s8, spec8)
+  w8 = sum(lora.num_bytes(q8["layers"][n][...]) for n in spec8.targets)
+  extra_scales = lora.num_bytes(s4) - lora.num_bytes(s8)
+  assert b8 - b4 == w8 // 2 - extra_scales, (b8, b4, w8, extra_scales)
+
+
 def _cfg(**lora_kw):
   from rlx.train.config import base_config
   c = base_config()
@@ -225,7 +259,7 @@ def _cfg(**lora_kw):
     (dict(rank=4, targets="layers/attn_norm"), "matches no projection; valid: q, k, v, o, gate"),
     (dict(rank=4, targets="q,zz"), "matches no projection"),
     (dict(rank=100), "rank=100 exceeds projection 'k' (128 x 64); valid: 1..64"),
-    (dict(rank=4, quantize="nf9"), "quantize='nf9' is not one of 'none', 'int8'"),
+    (dict(rank=4, quantize="nf9"), "quantize='nf9' is not one of 'none', 'int8', 'int4'"),
     (dict(rank=4, dropout=1.0), "dropout=1.0; valid: 0.0 <= dropout < 1.0"),
 ])
 def test_bad_lora_config_is_one_line_error(kw, needle):

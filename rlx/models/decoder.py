@@ -156,13 +156,13 @@ PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 
 @flax.struct.dataclass
 class Adapters:
-  """LoRA adapters (and an int8 base's scales) as an option of the layer
+  """LoRA adapters (and an int8 / int4 base's scales) as an option of the layer
   projections: y = x @ W + ((drop(x) @ A) @ B) * scale for each adapted W, with
-  W = int8 * qscale dequantized per layer, inside the layer (nothing
+  W = int * qscale dequantized per layer, inside the layer (nothing
   model-sized is materialized; the base is not differentiated).
 
   lora: projection name -> {"a": [L, in..., r], "b": [L, r, out...]}; {}: adapters off.
-  qscales: name -> float32 per-output-channel scales [L, 1..., out...] of an int8 weight.
+  qscales: name -> float32 scales of an int8 / int4 weight (see `dequantize`; L axis first).
   key: dropout key; None (eval, sampling, reference): no dropout.
   scale: alpha / rank. dropout: the rate on the adapter input x when key is given.
   The scanned layers see each leaf without its L axis (key: one per layer).
@@ -191,17 +191,29 @@ def _proj(x_BTD: jax.Array, w_DX: jax.Array) -> jax.Array:
   return out.reshape((B, T) + w_DX.shape[1:])
 
 
+def dequantize(q: jax.Array, s: jax.Array, n_in: int, dt=jnp.float32) -> jax.Array:
+  """An int8 / int4 weight [in..., out...] (n_in input axes) times its float32
+  scales: per output channel (s [1 (input axes)..., out...], s.ndim == q.ndim),
+  or per group of the last input axis (s [in[:-1]..., G, 1, out...]: the axis
+  split into G groups)."""
+  if s.ndim == q.ndim:
+    return (q.astype(jnp.float32) * s).astype(dt)
+  a = n_in - 1
+  grouped = q.reshape(q.shape[:a] + (s.shape[a], -1) + q.shape[a + 1:])
+  return (grouped.astype(jnp.float32) * s).reshape(q.shape).astype(dt)
+
+
 def _base_proj(x_BTI: jax.Array, lp: dict, name: str, dt) -> jax.Array:
   """x @ W for layer weight `name` (x's last axis: W's input axes flattened,
-  I = D, or H * E for o). An int8 weight is dequantized here, one layer at a
-  time, under jax.checkpoint: the backward pass recomputes it from the int8
+  I = D, or H * E for o). An int8 / int4 weight is dequantized here, one layer at a
+  time, under jax.checkpoint: the backward pass recomputes it from the integer
   slice rather than keeping a float copy of every layer's weight."""
   I = x_BTI.shape[-1]
   as_IX = lambda w: w.reshape((I,) + w.shape[w.ndim - 1:]) if name == "o" else w
   ad = lp.get("adapters")
   if ad is None or name not in ad.qscales:
     return _proj(x_BTI, as_IX(lp[name].astype(dt)))
-  deq = lambda x, q, s: _proj(x, as_IX((q.astype(jnp.float32) * s).astype(dt)))
+  deq = lambda x, q, s: _proj(x, as_IX(dequantize(q, s, 2 if name == "o" else 1, dt)))
   return jax.checkpoint(deq)(x_BTI, lp[name], ad.qscales[name])
 
 
@@ -505,7 +517,7 @@ def forward(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Array,
   loop over them (compile time grows with depth; a decode step reads each
   layer's weights and cache in place), with per-layer caches from
   `init_layer_caches`. Same math either way.
-  adapters: LoRA adapters / int8 base scales (`Adapters`) applied inside
+  adapters: LoRA adapters / int8 / int4 base scales (`Adapters`) applied inside
   each projection (with `layers`, given to `unstack_layers` instead).
   A reward model (cfg.is_reward_model) returns scores [B, T, num_labels].
   """
@@ -548,7 +560,7 @@ def head_matrix(cfg: ModelConfig, params: nnx.State) -> jax.Array:
 def unstack_layers(cfg: ModelConfig, params: nnx.State, adapters: Adapters | None = None
                    ) -> tuple[dict[str, jax.Array], ...]:
   """Stacked [L, ...] layer params -> L per-layer dicts in the compute dtype
-  (the `layers` argument of `forward`); int8 weights stay int8, and each
+  (the `layers` argument of `forward`); int8 / int4 weights stay so, and each
   layer's slice of `adapters` goes under 'adapters'.
 
   Not fused (one q/k/v or gate/up matmul): under XLA's excess-precision
@@ -557,7 +569,7 @@ def unstack_layers(cfg: ModelConfig, params: nnx.State, adapters: Adapters | Non
   """
   dt = cfg.compute_dtype
   stacked = {k: v[...] for k, v in params["layers"].items()}
-  cast = lambda x: x if x.dtype == jnp.int8 else x.astype(dt)
+  cast = lambda x: x if x.dtype in (jnp.int8, jnp.int4) else x.astype(dt)
   out = tuple({k: cast(v[i]) for k, v in stacked.items()} for i in range(cfg.num_layers))
   if adapters is not None:
     for i, lp in enumerate(out):

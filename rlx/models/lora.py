@@ -17,9 +17,11 @@ and only when a key is given (the update); eval, sampling and the reference
 run without it. `effective_params` merges W + (alpha / rank) A @ B into a
 params tree (the merged export, and the sampler's weights once per step).
 
-QLoRA (`quantize="int8"`): `quantize_base` stores each targeted base weight
-as int8 with per-output-channel float32 scales (absmax / 127 over the input
-axes); the decoder dequantizes one layer at a time, inside its scan.
+QLoRA: `quantize_base` stores each targeted base weight as int8 with
+per-output-channel float32 scales (`quantize="int8"`: absmax / 127 over the
+input axes), or as int4 (`"int4"`, XLA packs two per byte) with one scale per
+group of INT4_GROUP inputs of the weight's last input axis (absmax / 7 over
+the group); the decoder dequantizes one layer at a time, inside its scan.
 
 Why own adapters rather than qwix: qwix inserts LoRA by intercepting the
 einsum / dot_general calls of Flax modules and attaching `nnx.LoRAParam`s to
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from typing import Any
@@ -49,7 +52,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from rlx.models.config import ModelConfig
-from rlx.models.decoder import Adapters, param_specs
+from rlx.models.decoder import Adapters, dequantize, param_specs
 
 # Logical target name -> number of input axes (after the layer axis) of its weight.
 TARGETS = {"q": 1, "k": 1, "v": 1, "o": 2, "gate": 1, "up": 1, "down": 1}
@@ -57,7 +60,8 @@ TARGETS = {"q": 1, "k": 1, "v": 1, "o": 2, "gate": 1, "up": 1, "down": 1}
 HF_MODULES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
               "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
               "down": "mlp.down_proj"}
-QUANTIZE = ("none", "int8")
+QUANTIZE = ("none", "int8", "int4")
+INT4_GROUP = 64  # inputs per int4 scale (gcd with the axis length if that is not a multiple)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +70,7 @@ class LoraSpec:
   rank: int
   alpha: float
   targets: tuple[str, ...]      # rlx layer param names
-  quantize: str = "none"        # none | int8 (QLoRA)
+  quantize: str = "none"        # none | int8 | int4 (QLoRA)
   dropout: float = 0.0          # on the adapter input, in the update only
 
   @property
@@ -165,15 +169,25 @@ def delta(spec: LoraSpec, ad: dict[str, jax.Array], w_shape: tuple[int, ...],
 
 
 def quantize_base(spec: LoraSpec, params: Any) -> tuple[Any, dict[str, jax.Array]]:
-  """(params with targeted weights int8, per-output-channel float32 scales)."""
+  """(params with targeted weights int8 / int4, their float32 scales; see
+  `decoder.dequantize` for the scales' layouts)."""
   params = jax.tree.map(lambda x: x, params)  # new Variables: the input is not modified
   layers = params["layers"]
   scales = {}
   for n in spec.targets:
     w = layers[n][...].astype(jnp.float32)
-    axes = tuple(range(1, 1 + TARGETS[n]))
-    s = jnp.maximum(jnp.max(jnp.abs(w), axis=axes, keepdims=True), 1e-12) / 127.0
-    layers[n].set_value(jnp.clip(jnp.round(w / s), -127, 127).astype(jnp.int8))
+    n_in = TARGETS[n]
+    if spec.quantize == "int8":
+      axes = tuple(range(1, 1 + n_in))
+      s = jnp.maximum(jnp.max(jnp.abs(w), axis=axes, keepdims=True), 1e-12) / 127.0
+      q = jnp.clip(jnp.round(w / s), -127, 127).astype(jnp.int8)
+    else:  # int4, per group of the last input axis (axis n_in of [L, in..., out...])
+      size = w.shape[n_in]
+      g = INT4_GROUP if size % INT4_GROUP == 0 else math.gcd(INT4_GROUP, size)
+      w_g = w.reshape(w.shape[:n_in] + (size // g, g) + w.shape[n_in + 1:])
+      s = jnp.maximum(jnp.max(jnp.abs(w_g), axis=n_in + 1, keepdims=True), 1e-12) / 7.0
+      q = jnp.clip(jnp.round(w_g / s), -7, 7).reshape(w.shape).astype(jnp.int4)
+    layers[n].set_value(q)
     scales[n] = s
   return params, scales
 
@@ -181,7 +195,7 @@ def quantize_base(spec: LoraSpec, params: Any) -> tuple[Any, dict[str, jax.Array
 def decoder_adapters(spec: LoraSpec, adapters: dict, scales: dict | None = None,
                      key: jax.Array | None = None) -> Adapters:
   """The decoder's `Adapters` option: `adapters` ({}: off) on the base whose
-  int8 weights have `scales`; `key` turns on LoRA dropout (training only)."""
+  int8 / int4 weights have `scales`; `key` turns on LoRA dropout (training only)."""
   return Adapters(lora=adapters, qscales=dict(scales or {}), key=key, scale=spec.scale,
                   dropout=spec.dropout if key is not None else 0.0)
 
@@ -189,16 +203,16 @@ def decoder_adapters(spec: LoraSpec, adapters: dict, scales: dict | None = None,
 def effective_params(spec: LoraSpec, base: Any, adapters: dict, scales: dict | None = None,
                      dtype: Any = None) -> Any:
   """The base params with W + (alpha / rank) A @ B on each adapted weight (and
-  int8 weights dequantized). adapters {} : the base model (adapters off)."""
+  int8 / int4 weights dequantized). adapters {} : the base model (adapters off)."""
   def leaf(x):  # nnx.Variable or array
     return x[...] if hasattr(x, "get_value") else x
   out = jax.tree.map(lambda x: x, base)
   layers = out["layers"]
   for n in spec.targets:
     w = leaf(base["layers"][n])
-    out_dtype = dtype or (jnp.float32 if w.dtype == jnp.int8 else w.dtype)
-    if scales is not None and n in scales:
-      w = w.astype(jnp.float32) * scales[n]
+    out_dtype = dtype or (jnp.float32 if scales and n in scales else w.dtype)
+    if scales is not None and n in scales:  # per layer: vmap over the L axis
+      w = jax.vmap(lambda q, s: dequantize(q, s, TARGETS[n]))(w, scales[n])
     if n in adapters:
       w = w.astype(jnp.float32) + delta(spec, adapters[n], w.shape, TARGETS[n])
     layers[n].set_value(w.astype(out_dtype))
@@ -236,4 +250,6 @@ def export_peft(path: str, cfg: ModelConfig, spec: LoraSpec, adapters: dict,
 
 
 def num_bytes(tree: Any) -> int:
-  return int(sum(np.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+  """Bytes of a tree's arrays (int4: half a byte each, as XLA stores them)."""
+  return int(sum(np.prod(x.shape) * jax.dtypes.itemsize_bits(x.dtype) // 8
+                 for x in jax.tree.leaves(tree)))

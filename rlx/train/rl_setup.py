@@ -80,7 +80,7 @@ class Lora:
   """A LoRA run's frozen base: the train state's params are the adapters only,
   and the reference is the base with adapters off (reference params `{}`)."""
   spec: lora_lib.LoraSpec
-  # {'params': base params (int8 targets with QLoRA), 'scales': {...}, 'key': dropout key}
+  # {'params': base params (int8 / int4 targets with QLoRA), 'scales': {...}, 'key': dropout key}
   frozen: dict[str, Any]
 
   def effective(self, adapters, frozen, step=None):
@@ -91,7 +91,7 @@ class Lora:
                                                        key)
 
   def merged(self, adapters, frozen):
-    """The params with the adapters merged in (int8 dequantized)."""
+    """The params with the adapters merged in (int8 / int4 dequantized)."""
     return lora_lib.effective_params(self.spec, frozen["params"], adapters, frozen["scales"])
 
 
@@ -149,7 +149,7 @@ def _initial_state(cfg, place: Placement, policy: common.Policy, tx
     spec = lora_lib.make_spec(policy.cfg, lo.rank, lo.alpha, lo.targets, lo.quantize,
                               lo.dropout)
     scales = {}
-    if spec.quantize == "int8":
+    if spec.quantize != "none":
       params, scales = lora_lib.quantize_base(spec, params)
     lora = Lora(spec, {"params": params, "scales": scales,
                        "key": place.replicated(np.asarray(jax.random.PRNGKey(cfg.seed + 2)))})
