@@ -284,7 +284,8 @@ def test_lora_with_a_reward_model_head_is_an_error():
 # ---- the RL trainer with LoRA: kill and resume is bitwise ------------------------
 from tests.test_train import _cmd, _env, _metrics, _wait_for_rows, data_file  # noqa: E402,F401
 
-LORA_FLAGS = ("--config.model.lora.rank=4", "--config.model.lora.quantize=int8")
+LORA_FLAGS = ("--config.model.lora.rank=4", "--config.model.lora.quantize=int4",
+              "--config.model.lora.dropout=0.1")
 
 
 def test_lora_rl_kill_and_resume_is_bitwise_and_exports(data_file, tmp_path):  # noqa: F811
