@@ -305,7 +305,7 @@ def _layer(cfg: ModelConfig, x_BTD, lp, sin, cos, kv_mask_BS, cache=None, layer=
   cache None: attention over the T inputs only; else see `_write_cache`.
   """
   dt = cfg.compute_dtype
-  B, T, D = x_BTD.shape
+  B, T, _ = x_BTD.shape
   w = lambda name: lp[name].astype(dt)
   proj = lambda x, name: _adapted_proj(x, lp, name, dt)
 

@@ -39,7 +39,7 @@ def token_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Arr
   of the same predictive distribution (the one that produced token t).
   positions default to positions_from_mask(mask_BT). chunk_size positions of
   logits exist at a time; T is padded up to a multiple of it. adapters: the
-  decoder's `Adapters` (LoRA / int8 base), applied inside its projections.
+  decoder's `Adapters` (LoRA, an int8 / int4 base), applied in its projections.
   """
   B, T = tokens_BT.shape
   mask_BT = mask_BT.astype(bool)

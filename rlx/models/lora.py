@@ -183,7 +183,7 @@ def quantize_base(spec: LoraSpec, params: Any) -> tuple[Any, dict[str, jax.Array
       q = jnp.clip(jnp.round(w / s), -127, 127).astype(jnp.int8)
     else:  # int4, per group of the last input axis (axis n_in of [L, in..., out...])
       size = w.shape[n_in]
-      g = INT4_GROUP if size % INT4_GROUP == 0 else math.gcd(INT4_GROUP, size)
+      g = math.gcd(INT4_GROUP, size)
       w_g = w.reshape(w.shape[:n_in] + (size // g, g) + w.shape[n_in + 1:])
       s = jnp.maximum(jnp.max(jnp.abs(w_g), axis=n_in + 1, keepdims=True), 1e-12) / 7.0
       q = jnp.clip(jnp.round(w_g / s), -7, 7).reshape(w.shape).astype(jnp.int4)
