@@ -73,6 +73,9 @@ class StageFns:
   advantages: Callable[..., Any]  # (rewards_NK, valid_N, lengths_N, columns) -> (adv, diagnostics)
   keep: Callable[..., Any] | None  # (rewards_NK, valid_N, columns) -> keep_N; None: no filter
   model_params: Callable[..., Any]  # train-state params -> the model's params (LoRA: merged)
+  # train-state params -> the sampler's (params, decoder Adapters or None); LoRA: the
+  # frozen base with the adapter path (measured faster than merging once per step)
+  sample_inputs: Callable[..., Any]
 
 
 @dataclasses.dataclass
@@ -204,17 +207,19 @@ def _stage_fns(cfg, policy: common.Policy, tx, state: steps.TrainState, scorer: 
           state_shardings=jax.tree.map(lambda x: x.sharding, state),
           remat=False if cfg.model.remat == "none" else cfg.model.remat, effective=effective)
   model_params = lambda params: params
+  sample_inputs = lambda params: (params, None)
   if lora is not None:  # the frozen base is an argument of every call, never donated
     logprobs = (lambda fn: lambda p, t, m: fn(p, lora.frozen, t, m))(logprobs)
     update = (lambda fn: lambda s, b: fn(s, b, lora.frozen))(update)
-    merge = jax.jit(lora.merged)  # once per step, outside the decode loop
+    merge = jax.jit(lora.merged)  # for the export
     model_params = lambda params: merge(params, lora.frozen)
+    sample_inputs = lambda params: lora.effective(params, lora.frozen)
   return StageFns(
       logprobs=logprobs,
       update=update,
       advantages=jax.jit(lambda r, v, ln, c: adv_lib.compute_advantages(
           est_name, inputs(r, v, c, ln), num_groups, **est_opts)),
-      keep=keep, model_params=model_params)
+      keep=keep, model_params=model_params, sample_inputs=sample_inputs)
 
 
 def setup_run(cfg, workdir: str, init_checkpoint: str | None
