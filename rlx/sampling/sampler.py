@@ -186,7 +186,7 @@ def sample(graphdef: Any, params: Any, prompt_tokens_BP: jax.Array, prompt_mask_
     key: PRNG key (unused when settings.greedy).
     settings: static `SamplingSettings`.
     adapters: the decoder's `Adapters` (LoRA through the adapter path, an
-      int8 base dequantized per layer); None: params is the whole model.
+      int8 / int4 base dequantized per layer); None: params is the whole model.
 
   Returns:
     A `Rollout` with N = B * R rows. Jitted once per (graphdef, settings, B,
