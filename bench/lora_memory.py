@@ -4,10 +4,12 @@ Bytes = policy params + optimizer state + reference params, from the shapes
 (`jax.eval_shape`, nothing allocated): full fine-tuning keeps the params, two
 AdamW moments and a reference copy; LoRA keeps the frozen base (which is also
 the reference, adapters off), the adapters and their moments; QLoRA int8
-stores the adapted projections int8 with per-output-channel scales. For the
-Qwen2.5-1.5B shape the update step is also compiled on abstract shapes and
-its `memory_analysis()` (arguments + temporaries) reported. The update step
-time (SmolLM2-135M shape, small batch) is measured for full and LoRA.
+stores the adapted projections int8 with per-output-channel scales, QLoRA
+int4 packed int4 with a scale per 64 inputs. For both
+shapes the update step is also compiled on abstract shapes and its
+`memory_analysis()` (arguments + temporaries, plus the reference for full
+fine-tuning) reported. The update step time (SmolLM2-135M shape, small batch)
+is measured for full, LoRA and QLoRA int8 / int4.
 
     python bench/lora_memory.py [--rank 16] [--steps 3] [--no_time]
 """
@@ -83,18 +85,19 @@ def variants(cfg, rank: int):
                            opt_state=jax.eval_shape(tx.init, params),
                            skipped=jax.ShapeDtypeStruct((), jnp.int32))
   out["full"] = (steps.make_update_fn(gd, tx, terms, **kw), state, None, _nbytes(params))
-  for quant in ("none", "int8"):
+  for quant in ("none", "int8", "int4"):
     spec = lora.make_spec(cfg, rank, 2.0 * rank, TARGETS, quant)
     ad = jax.eval_shape(lambda: lora.init_adapters(cfg, spec, jax.random.PRNGKey(0)))
     base, scales = params, {}
-    if quant == "int8":
-      base, scales = jax.eval_shape(lambda p: lora.quantize_base(spec, p), params)
+    if quant != "none":
+      base, scales = jax.eval_shape(lambda p, spec=spec: lora.quantize_base(spec, p), params)
     frozen = {"params": base, "scales": scales}
-    eff = lambda a, f, spec=spec: lora.effective_params(spec, f["params"], a, f["scales"])
+    eff = lambda a, f, step, spec=spec: (f["params"],
+                                         lora.decoder_adapters(spec, a, f["scales"]))
     st = steps.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=ad,
                           opt_state=jax.eval_shape(tx.init, ad),
                           skipped=jax.ShapeDtypeStruct((), jnp.int32))
-    out["lora" if quant == "none" else "qlora_int8"] = (
+    out["lora" if quant == "none" else f"qlora_{quant}"] = (
         steps.make_update_fn(gd, tx, terms, effective=eff, **kw), st, frozen, 0)
   return out
 
@@ -127,7 +130,7 @@ def step_time(cfg, v, n: int) -> float:
     ad = jax.tree.map(lambda s: 0.01 * jnp.ones(s.shape, s.dtype), st.params)
     fr = _concrete(frozen)
     fr["params"] = params if not frozen["scales"] else jax.tree.map(
-        lambda s, p: jnp.zeros(s.shape, s.dtype) if s.dtype == jnp.int8 else p,
+        lambda s, p: jnp.zeros(s.shape, s.dtype) if s.dtype in (jnp.int8, jnp.int4) else p,
         frozen["params"], params)
     state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=ad, opt_state=tx.init(ad),
                              skipped=jnp.zeros((), jnp.int32))
@@ -158,16 +161,15 @@ def main():
     cfg = models.ModelConfig.from_hf(hf)
     vs = variants(cfg, a.rank)
     row = {k: state_bytes(v) for k, v in vs.items()}
-    if name == "qwen2.5_1.5b":
-      for k, v in vs.items():
-        row[k]["compiled"] = compiled_bytes(v)
-    for k in ("lora", "qlora_int8"):
+    for k, v in vs.items():
+      row[k]["compiled"] = compiled_bytes(v)
+    for k in ("lora", "qlora_int8", "qlora_int4"):
       row[f"{k}_over_full"] = round(row[k]["total"] / row["full"]["total"], 4)
       if "compiled" in row[k]:
         row[f"{k}_over_full_compiled"] = round(
             row[k]["compiled"]["total"] / row["full"]["compiled"]["total"], 4)
     if name == "smollm2_135m" and not a.no_time:
-      for k in ("full", "lora", "qlora_int8"):
+      for k in ("full", "lora", "qlora_int8", "qlora_int4"):
         row[k]["update_step_s"] = round(step_time(cfg, vs[k], a.steps), 4)
     out[name] = row
   print(json.dumps(out))

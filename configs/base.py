@@ -37,8 +37,9 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.model.attention_blocks = "512"
   # LoRA adapters (rank 0: off; rlx/models/lora.py). targets: comma-separated
   # q, k, v, o, gate, up, down, or a regex over param paths ('layers/(q|v)').
-  # quantize "int8": QLoRA, the frozen base stored int8 (per-output-channel
-  # scales). dropout must be 0 (the adapters are merged into the weights).
+  # quantize "int8" / "int4": QLoRA, the frozen base stored int8 (per-output-
+  # channel scales) / int4 (a scale per 64 inputs). dropout: on the adapter
+  # input, in the update only (0: off).
   c.model.lora = mlc.ConfigDict(dict(rank=0, alpha=16.0, targets="q,k,v,o,gate,up,down",
                                      dropout=0.0, quantize="none"))
 

@@ -8,15 +8,16 @@ Public API (all pure functions of (graphdef, params); no module crosses jit):
   init_model(cfg, key) -> (graphdef, params)
   abstract_model(cfg) -> (graphdef, params of ShapeDtypeStruct)
   forward(graphdef, params, tokens_BT, positions_BT, kv_mask_BS, cache=None,
-          cache_index=0, return_hidden=False, remat=None, layers=None)
-      -> (logits_BTV | hidden_BTD, cache)
+          cache_index=0, return_hidden=False, remat=None, layers=None, adapters=None)
+      -> (logits_BTV | hidden_BTD, cache)   (adapters: `Adapters`, LoRA / int8 / int4
+      base inside the projections; built by rlx.models.lora.decoder_adapters)
   lm_head(graphdef, params, hidden_BTD, head_DV=None) | lm_head(params, hidden_BTD) -> logits_BTV
   head_matrix(cfg, params) -> head_DV (the head laid out once, for decoding)
   attend(cfg, q_BTHE, k_BSJE, v_BSJE, q_offset, kv_mask_BS) -> out_BTHE   (the attention
       core: rlx.models.attention.attention with cfg.attention and its block sizes)
   with_attention(cfg, **kw) -> (cfg, graphdef): cfg.attention* replaced
   init_cache(cfg, batch, max_len, dtype=None) -> {'k', 'v'}: [L, B, S, J, E]
-  unstack_layers(cfg, params) -> per-layer params (forward's `layers`)
+  unstack_layers(cfg, params, adapters=None) -> per-layer params (forward's `layers`)
   init_layer_caches(cfg, batch, max_len, dtype=None) -> per-layer caches
   grow_cache(cache, extra), cache_length(cache)
   positions_from_mask(mask_BT) -> positions_BT
@@ -38,7 +39,7 @@ Logical axis names: 'vocab', 'embed', 'heads', 'kv_heads', 'head_dim', 'mlp',
 """
 from rlx.models.config import (CAUSAL_LM_ARCHITECTURES, FAMILIES, SEQ_CLS_ARCHITECTURES,
                                SUPPORTED_ARCHITECTURES, ModelConfig)
-from rlx.models.decoder import (CACHE_AXES, Decoder, abstract_model, attend, cache_length,
+from rlx.models.decoder import (CACHE_AXES, Adapters, Decoder, abstract_model, attend, cache_length,
                                 config_of, forward, grow_cache, head_matrix, init_cache,
                                 init_layer_caches, init_model, lm_head, logical_axes,
                                 num_params, param_specs, positions_from_mask, unstack_layers,

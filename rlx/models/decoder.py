@@ -38,6 +38,7 @@ import functools
 import math
 from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -149,12 +150,89 @@ def apply_rope(x_BTHE: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
   return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x_BTHE.dtype)
 
 
+# The projections an `Adapters` may adapt, in a fixed order (dropout key per projection).
+PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+@flax.struct.dataclass
+class Adapters:
+  """LoRA adapters (and an int8 / int4 base's scales) as an option of the layer
+  projections: y = x @ W + ((drop(x) @ A) @ B) * scale for each adapted W, with
+  W = int * qscale dequantized per layer, inside the layer (nothing
+  model-sized is materialized; the base is not differentiated).
+
+  lora: projection name -> {"a": [L, in..., r], "b": [L, r, out...]}; {}: adapters off.
+  qscales: name -> float32 scales of an int8 / int4 weight (see `dequantize`; L axis first).
+  key: dropout key; None (eval, sampling, reference): no dropout.
+  scale: alpha / rank. dropout: the rate on the adapter input x when key is given.
+  The scanned layers see each leaf without its L axis (key: one per layer).
+  """
+  lora: dict
+  qscales: dict
+  key: jax.Array | None = None
+  scale: float = flax.struct.field(pytree_node=False, default=1.0)
+  dropout: float = flax.struct.field(pytree_node=False, default=0.0)
+
+  def per_layer(self, num_layers: int) -> "Adapters":
+    """The stacked form the layer scan slices: one dropout key per layer."""
+    key = None if self.key is None else jax.random.split(self.key, num_layers)
+    return self.replace(key=key)
+
+  def layer(self, i: int, num_layers: int) -> "Adapters":
+    """Layer i's adapters (the unrolled layers of `unstack_layers`)."""
+    return jax.tree.map(lambda x: x[i], self.per_layer(num_layers))
+
+
 def _proj(x_BTD: jax.Array, w_DX: jax.Array) -> jax.Array:
   """x [B, T, D] @ w [D, ...] as one 2-D matmul (XLA:CPU runs 3-D dots several
   times slower than the same work as [B*T, D] @ [D, X])."""
   B, T, D = x_BTD.shape
   out = x_BTD.reshape(B * T, D) @ w_DX.reshape(D, -1)
   return out.reshape((B, T) + w_DX.shape[1:])
+
+
+def dequantize(q: jax.Array, s: jax.Array, n_in: int, dt=jnp.float32) -> jax.Array:
+  """An int8 / int4 weight [in..., out...] (n_in input axes) times its float32
+  scales: per output channel (s [1 (input axes)..., out...], s.ndim == q.ndim),
+  or per group of the last input axis (s [in[:-1]..., G, 1, out...]: the axis
+  split into G groups)."""
+  if s.ndim == q.ndim:
+    return (q.astype(jnp.float32) * s).astype(dt)
+  a = n_in - 1
+  grouped = q.reshape(q.shape[:a] + (s.shape[a], -1) + q.shape[a + 1:])
+  return (grouped.astype(jnp.float32) * s).reshape(q.shape).astype(dt)
+
+
+def _base_proj(x_BTI: jax.Array, lp: dict, name: str, dt) -> jax.Array:
+  """x @ W for layer weight `name` (x's last axis: W's input axes flattened,
+  I = D, or H * E for o). An int8 / int4 weight is dequantized here, one layer at a
+  time, under jax.checkpoint: the backward pass recomputes it from the integer
+  slice rather than keeping a float copy of every layer's weight."""
+  I = x_BTI.shape[-1]
+  as_IX = lambda w: w.reshape((I,) + w.shape[w.ndim - 1:]) if name == "o" else w
+  ad = lp.get("adapters")
+  if ad is None or name not in ad.qscales:
+    return _proj(x_BTI, as_IX(lp[name].astype(dt)))
+  deq = lambda x, q, s: _proj(x, as_IX(dequantize(q, s, 2 if name == "o" else 1, dt)))
+  return jax.checkpoint(deq)(x_BTI, lp[name], ad.qscales[name])
+
+
+def _adapted_proj(x_BTI: jax.Array, lp: dict, name: str, dt) -> jax.Array:
+  """`_base_proj` plus the LoRA path ((drop(x) @ A) @ B) * scale if
+  `lp['adapters']` adapts `name`."""
+  y = _base_proj(x_BTI, lp, name, dt)
+  ad = lp.get("adapters")
+  if ad is None or name not in ad.lora:
+    return y
+  a, b = ad.lora[name]["a"], ad.lora[name]["b"]
+  I, r = x_BTI.shape[-1], a.shape[-1]
+  if ad.key is not None and ad.dropout > 0:
+    keep = jax.random.bernoulli(jax.random.fold_in(ad.key, PROJECTIONS.index(name)),
+                                1.0 - ad.dropout, x_BTI.shape)
+    x_BTI = jnp.where(keep, x_BTI / (1.0 - ad.dropout), 0).astype(x_BTI.dtype)
+  xa_BTR = _proj(x_BTI, a.astype(dt).reshape(I, r))
+  d = _proj(xa_BTR, b.astype(dt).reshape(r, -1)) * jnp.asarray(ad.scale, dt)
+  return y + d.reshape(y.shape)
 
 
 def attend(cfg: ModelConfig, q_BTHE: jax.Array, k_BSJE: jax.Array, v_BSJE: jax.Array,
@@ -230,17 +308,19 @@ def _layer(cfg: ModelConfig, x_BTD, lp, sin, cos, kv_mask_BS, cache=None, layer=
            cache_index=None, segment_ids_BT=None):
   """One decoder layer. Returns (x, cache) with this layer's new K/V written in cache.
 
-  lp: this layer's params (stacked names of `param_specs`, without the L axis).
+  lp: this layer's params (stacked names of `param_specs`, without the L axis),
+  and under 'adapters' this layer's `Adapters` if any.
   cache None: attention over the T inputs only; else see `_write_cache`.
   """
   dt = cfg.compute_dtype
-  B, T, D = x_BTD.shape
+  B, T, _ = x_BTD.shape
   w = lambda name: lp[name].astype(dt)
+  proj = lambda x, name: _adapted_proj(x, lp, name, dt)
 
   h_BTD = rms_norm(x_BTD, lp["attn_norm"], cfg.rms_norm_eps)
-  q_BTHE = _proj(h_BTD, w("q"))
-  k_BTJE = _proj(h_BTD, w("k"))
-  v_BTJE = _proj(h_BTD, w("v"))
+  q_BTHE = proj(h_BTD, "q")
+  k_BTJE = proj(h_BTD, "k")
+  v_BTJE = proj(h_BTD, "v")
   if cfg.attention_bias:
     q_BTHE, k_BTJE, v_BTJE = q_BTHE + w("q_bias"), k_BTJE + w("k_bias"), v_BTJE + w("v_bias")
   if cfg.qk_norm:
@@ -253,15 +333,15 @@ def _layer(cfg: ModelConfig, x_BTD, lp, sin, cos, kv_mask_BS, cache=None, layer=
     cache, k_BSJE, v_BSJE = _write_cache(cache, k_BTJE, v_BTJE, cache_index, layer)
   q_offset = 0 if cache is None else cache_index
   attn_BTHE = attend(cfg, q_BTHE, k_BSJE, v_BSJE, q_offset, kv_mask_BS, segment_ids_BT)
-  out_BTD = _proj(attn_BTHE.reshape(B, T, -1), w("o").reshape(-1, D))
+  out_BTD = proj(attn_BTHE.reshape(B, T, -1), "o")
   if cfg.attention_out_bias:
     out_BTD = out_BTD + w("o_bias")
   x_BTD = x_BTD + out_BTD
 
   h_BTD = rms_norm(x_BTD, lp["mlp_norm"], cfg.rms_norm_eps)
-  gate_BTF = _proj(h_BTD, w("gate"))
-  up_BTF = _proj(h_BTD, w("up"))
-  x_BTD = x_BTD + _proj(jax.nn.silu(gate_BTF) * up_BTF, w("down"))
+  gate_BTF = proj(h_BTD, "gate")
+  up_BTF = proj(h_BTD, "up")
+  x_BTD = x_BTD + proj(jax.nn.silu(gate_BTF) * up_BTF, "down")
   return x_BTD, cache
 
 
@@ -308,7 +388,7 @@ class Decoder(nnx.Module):
   def __call__(self, tokens_BT: jax.Array, positions_BT: jax.Array, kv_mask_BS: jax.Array,
                cache: Any = None, cache_index: Any = 0, return_hidden: bool = False,
                remat: bool | None = None, layers: tuple[dict[str, jax.Array], ...] | None = None,
-               segment_ids_BT: jax.Array | None = None):
+               segment_ids_BT: jax.Array | None = None, adapters: Adapters | None = None):
     cfg = self.cfg
     dt = cfg.compute_dtype
     T = tokens_BT.shape[1]
@@ -334,6 +414,9 @@ class Decoder(nnx.Module):
       body = jax.checkpoint(body, prevent_cse=False, policy=remat_policy(remat))
 
     if layers is not None:  # Python loop over per-layer params (and caches)
+      if adapters is not None:
+        raise ValueError("With layers=unstack_layers(...), pass the adapters to "
+                         "unstack_layers, not to the forward.")
       if cache is not None and len(cache) != len(layers):
         raise ValueError(f"{len(layers)} layers but {len(cache)} layer caches.")
       new_caches = []
@@ -346,6 +429,8 @@ class Decoder(nnx.Module):
       new_cache = None if cache is None else tuple(new_caches)
     else:
       lps = {k: v[...] for k, v in nnx.state(self.layers, nnx.Param).items()}
+      if adapters is not None:
+        lps["adapters"] = adapters.per_layer(cfg.num_layers)
       if cache is not None and not isinstance(cache, dict):
         raise ValueError("The scanned layers take a stacked cache (init_cache); per-layer "
                          "caches (init_layer_caches) need layers=unstack_layers(...).")
@@ -430,7 +515,7 @@ def forward(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Array,
             positions_BT: jax.Array, kv_mask_BS: jax.Array, cache: Any = None,
             cache_index: Any = 0, return_hidden: bool = False, remat: bool | None = None,
             layers: tuple[dict[str, jax.Array], ...] | None = None,
-            segment_ids_BT: jax.Array | None = None):
+            segment_ids_BT: jax.Array | None = None, adapters: Adapters | None = None):
   """Runs the decoder; returns (logits_BTV float32 | hidden_BTD, new_cache | None).
 
   Without cache: S == T and query t attends key s iff s <= t and kv_mask_BS[b, s]
@@ -444,12 +529,14 @@ def forward(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Array,
   loop over them (compile time grows with depth; a decode step reads each
   layer's weights and cache in place), with per-layer caches from
   `init_layer_caches`. Same math either way.
+  adapters: LoRA adapters / int8 / int4 base scales (`Adapters`) applied inside
+  each projection (with `layers`, given to `unstack_layers` instead).
   A reward model (cfg.is_reward_model) returns scores [B, T, num_labels].
   """
   model = nnx.merge(graphdef, params)
   return model(tokens_BT, positions_BT, kv_mask_BS, cache=cache, cache_index=cache_index,
                return_hidden=return_hidden, remat=remat, layers=layers,
-               segment_ids_BT=segment_ids_BT)
+               segment_ids_BT=segment_ids_BT, adapters=adapters)
 
 
 def lm_head(graphdef_or_params, params_or_hidden, hidden_BTD: jax.Array | None = None, *,
@@ -483,9 +570,11 @@ def head_matrix(cfg: ModelConfig, params: nnx.State) -> jax.Array:
   return params["lm_head"][...].astype(dt)
 
 
-def unstack_layers(cfg: ModelConfig, params: nnx.State) -> tuple[dict[str, jax.Array], ...]:
+def unstack_layers(cfg: ModelConfig, params: nnx.State, adapters: Adapters | None = None
+                   ) -> tuple[dict[str, jax.Array], ...]:
   """Stacked [L, ...] layer params -> L per-layer dicts in the compute dtype
-  (the `layers` argument of `forward`).
+  (the `layers` argument of `forward`); int8 / int4 weights stay so, and each
+  layer's slice of `adapters` goes under 'adapters'.
 
   Not fused (one q/k/v or gate/up matmul): under XLA's excess-precision
   rewrites a fused matmul rounds its outputs differently from the scanned
@@ -493,7 +582,12 @@ def unstack_layers(cfg: ModelConfig, params: nnx.State) -> tuple[dict[str, jax.A
   """
   dt = cfg.compute_dtype
   stacked = {k: v[...] for k, v in params["layers"].items()}
-  return tuple({k: v[i].astype(dt) for k, v in stacked.items()} for i in range(cfg.num_layers))
+  cast = lambda x: x if x.dtype in (jnp.int8, jnp.int4) else x.astype(dt)
+  out = tuple({k: cast(v[i]) for k, v in stacked.items()} for i in range(cfg.num_layers))
+  if adapters is not None:
+    for i, lp in enumerate(out):
+      lp["adapters"] = adapters.layer(i, cfg.num_layers)
+  return out
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> dict:

@@ -31,7 +31,8 @@ def token_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Arr
                    mask_BT: jax.Array, chunk_size: int = 128,
                    temperature: float | jax.Array = 1.0, positions_BT: jax.Array | None = None,
                    remat: bool | None = None, checkpoint_chunks: bool = True,
-                   segment_ids_BT: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+                   segment_ids_BT: jax.Array | None = None, adapters: Any = None
+                   ) -> tuple[jax.Array, jax.Array]:
   """(logp_BT, entropy_BT): log p(tokens[:, t] | tokens[:, :t]) under softmax(logits / T).
 
   Entry t is 0 unless mask_BT[:, t] and mask_BT[:, t - 1] (so position 0 and the
@@ -41,7 +42,8 @@ def token_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Arr
   rows: several sequences per row, each with its own positions_BT): tokens
   attend only their own segment, and entry t is also 0 unless tokens t - 1 and
   t share a segment (the first token of each sequence). chunk_size positions of
-  logits exist at a time; T is padded up to a multiple of it.
+  logits exist at a time; T is padded up to a multiple of it. adapters: the
+  decoder's `Adapters` (LoRA, an int8 / int4 base), applied in its projections.
   """
   B, T = tokens_BT.shape
   mask_BT = mask_BT.astype(bool)
@@ -52,7 +54,7 @@ def token_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Arr
     raise ValueError("token_logprobs needs a causal LM; got a reward model config "
                      f"({model.cfg.architectures[0]}).")
   hidden_BTD, _ = model(tokens_BT, positions_BT, mask_BT, return_hidden=True, remat=remat,
-                        segment_ids_BT=segment_ids_BT)
+                        segment_ids_BT=segment_ids_BT, adapters=adapters)
   # hidden[t] predicts tokens[t + 1].
   targets_BT = jnp.concatenate([tokens_BT[:, 1:], jnp.zeros_like(tokens_BT[:, :1])], axis=1)
   X = max(1, min(chunk_size, T))  # tokens per chunk

@@ -6,16 +6,22 @@ Adapters are a separate small pytree next to the frozen base params:
 
 for each targeted projection `name` of `decoder.param_specs` (q, k, v, o,
 gate, up, down; "in" is D, except o: H, E and down: F). The model stays a
-pure function of (graphdef, params): `effective_params(spec, base, adapters)`
-returns the base tree with W_eff = W + (alpha / rank) * A @ B on the targeted
-weights, computed inside the caller's jit (the trainer differentiates only
-the adapters; the base is an argument, never a traced variable of the
-gradient). `adapters={}` gives the base model (adapters off): the reference
-model of LoRA runs. Zero-initialized B gives logits identical to the base.
+pure function of (graphdef, params): `decoder_adapters(spec, adapters, scales)`
+is the decoder's `Adapters` option, so each projection computes
+x @ W + ((drop(x) @ A) @ B) * alpha / rank inside the layer scan (no merged
+model-sized copy, no weight gradient of the base; the trainer differentiates
+only the adapters). `adapters={}` gives the base model (adapters off): the
+reference model of LoRA runs. Zero-initialized B gives logits identical to
+the base. LoRA dropout (rate `spec.dropout`) acts on the adapter input only,
+and only when a key is given (the update); eval, sampling and the reference
+run without it. `effective_params` merges W + (alpha / rank) A @ B into a
+params tree (the merged export, and the sampler's weights once per step).
 
-QLoRA (`quantize="int8"`): `quantize_base` stores each targeted base weight
-as int8 with per-output-channel float32 scales (absmax / 127 over the input
-axes); `effective_params` dequantizes on use.
+QLoRA: `quantize_base` stores each targeted base weight as int8 with
+per-output-channel float32 scales (`quantize="int8"`: absmax / 127 over the
+input axes), or as int4 (`"int4"`, XLA packs two per byte) with one scale per
+group of INT4_GROUP inputs of the weight's last input axis (absmax / 7 over
+the group); the decoder dequantizes one layer at a time, inside its scan.
 
 Why own adapters rather than qwix: qwix inserts LoRA by intercepting the
 einsum / dot_general calls of Flax modules and attaching `nnx.LoRAParam`s to
@@ -35,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from typing import Any
@@ -45,7 +52,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from rlx.models.config import ModelConfig
-from rlx.models.decoder import param_specs
+from rlx.models.decoder import Adapters, dequantize, param_specs
 
 # Logical target name -> number of input axes (after the layer axis) of its weight.
 TARGETS = {"q": 1, "k": 1, "v": 1, "o": 2, "gate": 1, "up": 1, "down": 1}
@@ -53,7 +60,8 @@ TARGETS = {"q": 1, "k": 1, "v": 1, "o": 2, "gate": 1, "up": 1, "down": 1}
 HF_MODULES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
               "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
               "down": "mlp.down_proj"}
-QUANTIZE = ("none", "int8")
+QUANTIZE = ("none", "int8", "int4")
+INT4_GROUP = 64  # inputs per int4 scale (gcd with the axis length if that is not a multiple)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +70,8 @@ class LoraSpec:
   rank: int
   alpha: float
   targets: tuple[str, ...]      # rlx layer param names
-  quantize: str = "none"        # none | int8 (QLoRA)
+  quantize: str = "none"        # none | int8 | int4 (QLoRA)
+  dropout: float = 0.0          # on the adapter input, in the update only
 
   @property
   def scale(self) -> float:
@@ -104,8 +113,10 @@ def resolve_targets(cfg: ModelConfig, targets: Any) -> tuple[str, ...]:
 
 
 def make_spec(cfg: ModelConfig, rank: int, alpha: float, targets: Any,
-              quantize: str = "none") -> LoraSpec:
+              quantize: str = "none", dropout: float = 0.0) -> LoraSpec:
   """Checks the LoRA settings against the model; ValueError with the valid choices."""
+  if not 0.0 <= dropout < 1.0:
+    raise ValueError(f"config.model.lora.dropout={dropout}; valid: 0.0 <= dropout < 1.0.")
   if cfg.is_reward_model:
     raise ValueError("config.model.lora.rank > 0 with a reward-model head: LoRA applies to "
                      "causal-LM policies only; valid: rank=0 for reward models.")
@@ -121,7 +132,8 @@ def make_spec(cfg: ModelConfig, rank: int, alpha: float, targets: Any,
   if rank > min(dims[n]):
     raise ValueError(f"config.model.lora.rank={rank} exceeds projection {n!r} "
                      f"({dims[n][0]} x {dims[n][1]}); valid: 1..{min(dims[n])}.")
-  return LoraSpec(rank=int(rank), alpha=float(alpha), targets=names, quantize=quantize)
+  return LoraSpec(rank=int(rank), alpha=float(alpha), targets=names, quantize=quantize,
+                  dropout=float(dropout))
 
 
 def init_adapters(cfg: ModelConfig, spec: LoraSpec, key: jax.Array,
@@ -157,32 +169,50 @@ def delta(spec: LoraSpec, ad: dict[str, jax.Array], w_shape: tuple[int, ...],
 
 
 def quantize_base(spec: LoraSpec, params: Any) -> tuple[Any, dict[str, jax.Array]]:
-  """(params with targeted weights int8, per-output-channel float32 scales)."""
+  """(params with targeted weights int8 / int4, their float32 scales; see
+  `decoder.dequantize` for the scales' layouts)."""
   params = jax.tree.map(lambda x: x, params)  # new Variables: the input is not modified
   layers = params["layers"]
   scales = {}
   for n in spec.targets:
     w = layers[n][...].astype(jnp.float32)
-    axes = tuple(range(1, 1 + TARGETS[n]))
-    s = jnp.maximum(jnp.max(jnp.abs(w), axis=axes, keepdims=True), 1e-12) / 127.0
-    layers[n].set_value(jnp.clip(jnp.round(w / s), -127, 127).astype(jnp.int8))
+    n_in = TARGETS[n]
+    if spec.quantize == "int8":
+      axes = tuple(range(1, 1 + n_in))
+      s = jnp.maximum(jnp.max(jnp.abs(w), axis=axes, keepdims=True), 1e-12) / 127.0
+      q = jnp.clip(jnp.round(w / s), -127, 127).astype(jnp.int8)
+    else:  # int4, per group of the last input axis (axis n_in of [L, in..., out...])
+      size = w.shape[n_in]
+      g = math.gcd(INT4_GROUP, size)
+      w_g = w.reshape(w.shape[:n_in] + (size // g, g) + w.shape[n_in + 1:])
+      s = jnp.maximum(jnp.max(jnp.abs(w_g), axis=n_in + 1, keepdims=True), 1e-12) / 7.0
+      q = jnp.clip(jnp.round(w_g / s), -7, 7).reshape(w.shape).astype(jnp.int4)
+    layers[n].set_value(q)
     scales[n] = s
   return params, scales
+
+
+def decoder_adapters(spec: LoraSpec, adapters: dict, scales: dict | None = None,
+                     key: jax.Array | None = None) -> Adapters:
+  """The decoder's `Adapters` option: `adapters` ({}: off) on the base whose
+  int8 / int4 weights have `scales`; `key` turns on LoRA dropout (training only)."""
+  return Adapters(lora=adapters, qscales=dict(scales or {}), key=key, scale=spec.scale,
+                  dropout=spec.dropout if key is not None else 0.0)
 
 
 def effective_params(spec: LoraSpec, base: Any, adapters: dict, scales: dict | None = None,
                      dtype: Any = None) -> Any:
   """The base params with W + (alpha / rank) A @ B on each adapted weight (and
-  int8 weights dequantized). adapters {} : the base model (adapters off)."""
+  int8 / int4 weights dequantized). adapters {} : the base model (adapters off)."""
   def leaf(x):  # nnx.Variable or array
     return x[...] if hasattr(x, "get_value") else x
   out = jax.tree.map(lambda x: x, base)
   layers = out["layers"]
   for n in spec.targets:
     w = leaf(base["layers"][n])
-    out_dtype = dtype or (jnp.float32 if w.dtype == jnp.int8 else w.dtype)
-    if scales is not None and n in scales:
-      w = w.astype(jnp.float32) * scales[n]
+    out_dtype = dtype or (jnp.float32 if scales and n in scales else w.dtype)
+    if scales is not None and n in scales:  # per layer: vmap over the L axis
+      w = jax.vmap(lambda q, s: dequantize(q, s, TARGETS[n]))(w, scales[n])
     if n in adapters:
       w = w.astype(jnp.float32) + delta(spec, adapters[n], w.shape, TARGETS[n])
     layers[n].set_value(w.astype(out_dtype))
@@ -220,4 +250,6 @@ def export_peft(path: str, cfg: ModelConfig, spec: LoraSpec, adapters: dict,
 
 
 def num_bytes(tree: Any) -> int:
-  return int(sum(np.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+  """Bytes of a tree's arrays (int4: half a byte each, as XLA stores them)."""
+  return int(sum(np.prod(x.shape) * jax.dtypes.itemsize_bits(x.dtype) // 8
+                 for x in jax.tree.leaves(tree)))

@@ -80,7 +80,7 @@ def _segment_ends(c: int, segments: int) -> list[int]:
 
 
 def _sample(graphdef: Any, params: Any, prompt_tokens_BP: jax.Array, prompt_mask_BP: jax.Array,
-            key: jax.Array, settings: SamplingSettings) -> Rollout:
+            key: jax.Array, settings: SamplingSettings, adapters: Any = None) -> Rollout:
   cfg = models.config_of(graphdef, params)
   b, p = prompt_tokens_BP.shape
   r, c = settings.group_size, settings.max_new_tokens
@@ -97,8 +97,9 @@ def _sample(graphdef: Any, params: Any, prompt_tokens_BP: jax.Array, prompt_mask
   kv_mask_BS = jnp.concatenate([prompt_mask_BP, jnp.ones((b, c), bool)], axis=1)
   cache_dtype = jnp.dtype(settings.cache_dtype) if settings.cache_dtype else cfg.compute_dtype
   if settings.unroll_layers:  # per-layer weights and caches, read in place at each step
-    layers = models.unstack_layers(cfg, params)
+    layers = models.unstack_layers(cfg, params, adapters)
     cache = models.init_layer_caches(cfg, b, lengths[0], cache_dtype)
+    adapters = None  # inside the layers
   else:
     layers = None
     cache = models.init_cache(cfg, b, lengths[0], cache_dtype)
@@ -106,7 +107,8 @@ def _sample(graphdef: Any, params: Any, prompt_tokens_BP: jax.Array, prompt_mask
 
   def run(tokens_BT, positions_BT, kv_mask, cache, cache_index):
     return models.forward(graphdef, params, tokens_BT, positions_BT, kv_mask, cache=cache,
-                          cache_index=cache_index, return_hidden=True, layers=layers)
+                          cache_index=cache_index, return_hidden=True, layers=layers,
+                          adapters=adapters)
 
   head_DV = models.head_matrix(cfg, params)  # laid out once per call, not per token
 
@@ -173,7 +175,7 @@ _sample_jit = jax.jit(_sample, static_argnames=("graphdef", "settings"))
 
 
 def sample(graphdef: Any, params: Any, prompt_tokens_BP: jax.Array, prompt_mask_BP: jax.Array,
-           key: jax.Array, settings: SamplingSettings) -> Rollout:
+           key: jax.Array, settings: SamplingSettings, adapters: Any = None) -> Rollout:
   """Samples settings.group_size completions per left-padded prompt.
 
   Args:
@@ -183,6 +185,8 @@ def sample(graphdef: Any, params: Any, prompt_tokens_BP: jax.Array, prompt_mask_
     prompt_mask_BP: [B, P] bool/int, True on prompt tokens.
     key: PRNG key (unused when settings.greedy).
     settings: static `SamplingSettings`.
+    adapters: the decoder's `Adapters` (LoRA through the adapter path, an
+      int8 / int4 base dequantized per layer); None: params is the whole model.
 
   Returns:
     A `Rollout` with N = B * R rows. Jitted once per (graphdef, settings, B,
@@ -199,7 +203,7 @@ def sample(graphdef: Any, params: Any, prompt_tokens_BP: jax.Array, prompt_mask_
       raise ValueError(
           f"prompts must be left-padded (mask True in the last column); rows "
           f"{np.flatnonzero(~last.astype(bool)).tolist()[:8]} are not. Use rlx.sampling.pad_prompts.")
-  return _sample_jit(graphdef, params, prompt_tokens_BP, prompt_mask_BP, key, settings)
+  return _sample_jit(graphdef, params, prompt_tokens_BP, prompt_mask_BP, key, settings, adapters)
 
 
 def bucket_length(length: int, buckets: Sequence[int] | None) -> int:

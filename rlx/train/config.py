@@ -187,14 +187,11 @@ def check_lora(cfg: mlc.ConfigDict) -> None:
                      "head): LoRA trains causal-LM policies; valid: trainer 'rl' or rank=0.")
   if cfg.trainer != "rl":
     check_choice(cfg.trainer, ("rl",), "trainer (with model.lora.rank > 0)", "config")
-  if lo.dropout:
-    raise ValueError(f"config.model.lora.dropout={lo.dropout}: adapters are merged into the "
-                     "weights, so dropout is not applied; valid: 0.0.")
   if cfg.ref.source == "checkpoint" or cfg.ref.sync_every:
     raise ValueError("config.model.lora.rank > 0 takes the reference from the base weights "
                      "(adapters off); valid: ref.source 'initial' or 'none', ref.sync_every=0.")
   from rlx.models import lora
-  lora.make_spec(lora_model_config(cfg), lo.rank, lo.alpha, lo.targets, lo.quantize)
+  lora.make_spec(lora_model_config(cfg), lo.rank, lo.alpha, lo.targets, lo.quantize, lo.dropout)
 
 
 def task_rewards(task: str, weights: dict[str, float] | None = None) -> mlc.ConfigDict:

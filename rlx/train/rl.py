@@ -89,9 +89,10 @@ def evaluate(run: RLRun, params: Any) -> dict[str, float]:
     mine = place.local_rows(batch_prompts)
     local = rows[mine]
     tokens, mask = tokenize_prompts(tok, [r["prompt"] for r in local], cfg.data.max_prompt_len)
-    rollout = _sample(run.policy.graphdef, run.fns.model_params(params),
+    sample_params, adapters = run.fns.sample_inputs(params)
+    rollout = _sample(run.policy.graphdef, sample_params,
                       *place.to_global((tokens, mask), batch_prompts),
-                      jax.random.fold_in(run.eval_key, start), run.eval_settings)
+                      jax.random.fold_in(run.eval_key, start), run.eval_settings, adapters)
     rollout = place.to_local(rollout)
     texts = sampling.decode_completions(tok, rollout)
     r, _ = run.scorer([r["prompt"] for r in local], texts, reward_columns(local),
@@ -141,9 +142,10 @@ def _sample_round(run: RLRun, params: Any, ref_params: Any, key: jax.Array, step
   rows = [dict(zip(rows, values)) for values in zip(*rows.values())]
   tokens, mask = tokenize_prompts(run.policy.tokenizer, prompts, run.cfg.data.max_prompt_len)
   t = time.time()
-  rollout = _sample(run.policy.graphdef, run.fns.model_params(params),
+  sample_params, adapters = run.fns.sample_inputs(params)
+  rollout = _sample(run.policy.graphdef, sample_params,
                     *run.place.to_global((tokens, mask), run.num_groups), key,
-                    run.sample_settings)
+                    run.sample_settings, adapters)
   ref_logprobs, local = None, run.place.to_local(rollout)
   if ref_params is not None and run.fns.keep is None:  # computed while the host scores
     ref_logprobs = device_logprobs(run, ref_params, trimmed(run, rollout, local))

@@ -74,6 +74,9 @@ class StageFns:
   advantages: Callable[..., Any]  # (rewards_NK, valid_N, lengths_N, columns) -> (adv, diagnostics)
   keep: Callable[..., Any] | None  # (rewards_NK, valid_N, columns) -> keep_N; None: no filter
   model_params: Callable[..., Any]  # train-state params -> the model's params (LoRA: merged)
+  # train-state params -> the sampler's (params, decoder Adapters or None); LoRA: the
+  # frozen base with the adapter path (measured faster than merging once per step)
+  sample_inputs: Callable[..., Any]
 
 
 @dataclasses.dataclass
@@ -81,9 +84,18 @@ class Lora:
   """A LoRA run's frozen base: the train state's params are the adapters only,
   and the reference is the base with adapters off (reference params `{}`)."""
   spec: lora_lib.LoraSpec
-  frozen: dict[str, Any]  # {'params': base params (int8 targets with QLoRA), 'scales': {...}}
+  # {'params': base params (int8 / int4 targets with QLoRA), 'scales': {...}, 'key': dropout key}
+  frozen: dict[str, Any]
 
-  def effective(self, adapters, frozen):
+  def effective(self, adapters, frozen, step=None):
+    """(base params, decoder Adapters); step given (the update): LoRA dropout."""
+    key = None if step is None or not self.spec.dropout else jax.random.fold_in(
+        frozen["key"], step)
+    return frozen["params"], lora_lib.decoder_adapters(self.spec, adapters, frozen["scales"],
+                                                       key)
+
+  def merged(self, adapters, frozen):
+    """The params with the adapters merged in (int8 / int4 dequantized)."""
     return lora_lib.effective_params(self.spec, frozen["params"], adapters, frozen["scales"])
 
 
@@ -145,11 +157,13 @@ def _initial_state(cfg, place: Placement, policy: common.Policy, tx
   lora = None
   if cfg.model.lora.rank:
     lo = cfg.model.lora
-    spec = lora_lib.make_spec(policy.cfg, lo.rank, lo.alpha, lo.targets, lo.quantize)
+    spec = lora_lib.make_spec(policy.cfg, lo.rank, lo.alpha, lo.targets, lo.quantize,
+                              lo.dropout)
     scales = {}
-    if spec.quantize == "int8":
+    if spec.quantize != "none":
       params, scales = lora_lib.quantize_base(spec, params)
-    lora = Lora(spec, {"params": params, "scales": scales})
+    lora = Lora(spec, {"params": params, "scales": scales,
+                       "key": place.replicated(np.asarray(jax.random.PRNGKey(cfg.seed + 2)))})
     adapters = lora_lib.init_adapters(policy.cfg, spec, jax.random.PRNGKey(cfg.seed + 1),
                                       policy.cfg.param_dtype)
     p_sh = place.param_shardings(adapters, logical_axes=lora_lib.logical_axes(policy.cfg, spec))
@@ -233,17 +247,19 @@ def _stage_fns(cfg, policy: common.Policy, tx, state: steps.TrainState, scorer: 
   logprobs, update = _shared(("steps", model_key), lambda: jitted_steps(
       cfg, policy.graphdef, tx, state, detached_old, effective))
   model_params = lambda params: params
+  sample_inputs = lambda params: (params, None)
   if lora is not None:  # the frozen base is an argument of every call, never donated
     logprobs = (lambda fn: lambda p, t, m, *a, **k: fn(p, lora.frozen, t, m, *a, **k))(logprobs)
     update = (lambda fn: lambda s, b: fn(s, b, lora.frozen))(update)
-    merge = jax.jit(lora.effective)  # once per step, outside the decode loop
+    merge = jax.jit(lora.merged)  # for the export
     model_params = lambda params: merge(params, lora.frozen)
+    sample_inputs = lambda params: lora.effective(params, lora.frozen)
   return StageFns(
       logprobs=logprobs,
       update=update,
       advantages=jax.jit(lambda r, v, ln, c: adv_lib.compute_advantages(
           est_name, inputs(r, v, c, ln), num_groups, **est_opts)),
-      keep=keep, model_params=model_params)
+      keep=keep, model_params=model_params, sample_inputs=sample_inputs)
 
 
 def setup_run(cfg, workdir: str, init_checkpoint: str | None

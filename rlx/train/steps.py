@@ -7,6 +7,8 @@ With LoRA (`effective` given), `state.params` are the adapters only and the
 functions take the frozen base as one more argument, never donated:
     logprobs_fn(adapters, frozen, tokens, mask, ...)  (adapters {}: the base model)
     update_fn(state, batch, frozen)                   (gradient w.r.t. the adapters only)
+`effective(trainable, frozen, step) -> (model params, decoder Adapters)`:
+step is the update's `state.step` (LoRA dropout's key), None in logprobs_fn.
 
 `batch` is a dict of arrays for one minibatch:
     tokens [n, P+C], attn_mask [n, P+C], loss_mask [n, C], adv [n] or [n, C],
@@ -42,15 +44,16 @@ class TrainState:
 
 def completion_logprobs(graphdef, params, tokens, attn_mask, completion_len: int,
                         temperature: float = 1.0, chunk: int = 0, remat: bool | str = False,
-                        packing: Mapping[str, jax.Array] | None = None):
+                        packing: Mapping[str, jax.Array] | None = None, adapters: Any = None):
   """Log-probs and entropies [n, C] of the completion tokens, the last
-  `completion_len` columns of tokens [n, P + C].
+  `completion_len` columns of tokens [n, P + C]; adapters: the decoder's
+  `Adapters` (LoRA, an int8 / int4 base).
 
   packing (`pack_src`, `pack_seg`, `unpack` of rlx/train/layout.py): the model
   runs on the packed rows (segment ids, each sequence's own positions) and the
   results are gathered back to [n, C]; the same values as unpacked.
   """
-  kw = {"temperature": temperature, "remat": remat}
+  kw = {"temperature": temperature, "remat": remat, "adapters": adapters}
   if chunk:
     kw["chunk_size"] = chunk
   attn_mask = attn_mask.astype(bool)
@@ -77,7 +80,10 @@ def make_logprobs_fn(graphdef, prompt_len: int, temperature: float, chunk: int,
 
   if effective is not None:
     def lora_fn(adapters, frozen, tokens, attn_mask, packing=None, prompt_len=prompt_len):
-      return fn(effective(adapters, frozen), tokens, attn_mask, packing, prompt_len)
+      params, ad = effective(adapters, frozen, None)
+      return completion_logprobs(graphdef, params, tokens, attn_mask,
+                                 tokens.shape[1] - prompt_len, temperature, chunk,
+                                 packing=packing, adapters=ad)
     return jax.jit(lora_fn, static_argnames=("prompt_len",))
   return jax.jit(fn, static_argnames=("prompt_len",))
 
@@ -85,14 +91,15 @@ def make_logprobs_fn(graphdef, prompt_len: int, temperature: float, chunk: int,
 def make_loss_fn(graphdef, terms: Mapping[str, Any], *, temperature: float, chunk: int,
                  detached_old: bool, max_len: int, num_groups: int | None = None,
                  remat: bool | str = False):
-  """loss_fn(params, batch) -> (loss, metrics) of the configured loss terms (not jitted)."""
+  """loss_fn(params, batch, adapters=None) -> (loss, metrics) of the configured
+  loss terms (not jitted); adapters: the decoder's `Adapters` (LoRA)."""
   terms = {k: dict(v) for k, v in terms.items()}
 
-  def loss_fn(params, batch):
+  def loss_fn(params, batch, adapters=None):
     packing = {k: batch[k] for k in PACKING_KEYS} if "unpack" in batch else None
     logp, ent = completion_logprobs(graphdef, params, batch["tokens"], batch["attn_mask"],
                                     batch["loss_mask"].shape[1], temperature, chunk, remat,
-                                    packing)
+                                    packing, adapters)
     inputs = losses.LossInputs(
         logp_NT=logp, mask_NT=batch["loss_mask"], advantages=batch["adv"],
         old_logp_NT=None if detached_old else batch["old_logp"],
@@ -113,9 +120,10 @@ def make_update_fn(graphdef, tx: optax.GradientTransformation, terms: Mapping[st
   """One optimizer update on a minibatch. Skips (keeps the state) if the loss
   or the gradient is not finite, and counts it in `state.skipped`.
 
-  `effective(trainable, frozen) -> model params` (LoRA: the merged weights):
-  the update takes `frozen` as a third argument and differentiates only
-  `state.params` (the adapters); the optimizer state exists only for them.
+  `effective(trainable, frozen, step) -> (model params, decoder Adapters)`
+  (LoRA): the update takes `frozen` as a third argument and differentiates
+  only `state.params` (the adapters; the base is not differentiated); the
+  optimizer state exists only for them.
 
   `state_shardings` (a TrainState of shardings, e.g. the initial state's)
   pins the new state to the same layout, so params and optimizer state keep
@@ -126,8 +134,11 @@ def make_update_fn(graphdef, tx: optax.GradientTransformation, terms: Mapping[st
                          num_groups=num_groups, remat=remat)
 
   def update(state: TrainState, batch, frozen=None):
-    model_loss = loss_fn if effective is None else (
-        lambda p, b: loss_fn(effective(p, frozen), b))
+    def model_loss(p, b):
+      if effective is None:
+        return loss_fn(p, b)
+      params, ad = effective(p, frozen, state.step)
+      return loss_fn(params, b, ad)
     (loss, metrics), grads = jax.value_and_grad(model_loss, has_aux=True)(state.params, batch)
     gnorm = optax.global_norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
