@@ -77,34 +77,39 @@ def hf_child(ckpt: str, workload: str, repeats: int) -> None:
   kw = dict(attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_k=0,
             top_p=1.0, max_new_tokens=wl["new_tokens"], min_new_tokens=wl["new_tokens"],
             num_return_sequences=wl["group"], pad_token_id=0, eos_token_id=2)
-  times = []
+  times, cpu = [], []
   with torch.no_grad():
     for i in range(repeats + 1):
-      t0 = time.perf_counter()
+      t0, c0 = time.perf_counter(), time.process_time()
       out = model.generate(ids, **kw)
       if i:
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
   new = out.shape[0] * (out.shape[1] - ids.shape[1])
   assert new == wl["prompts"] * wl["group"] * wl["new_tokens"], out.shape
   print(json.dumps(dict(hf_s=statistics.median(times), hf_tokens_per_s=new / statistics.median(times),
-                        hf_s_all=[round(t, 4) for t in times], hf_peak_rss_mb=peak_rss_mb(),
+                        hf_s_all=[round(t, 4) for t in times], hf_cpu_s=statistics.median(cpu),
+                        hf_peak_rss_mb=peak_rss_mb(),
                         n_params=n_params, torch_threads=torch.get_num_threads(),
                         transformers=transformers.__version__, torch=torch.__version__)))
 
 
 def time_sample(run, repeats: int):
-  """(first call seconds incl. compile, median steady seconds)."""
+  """(first call seconds incl. compile, median steady seconds, all steady
+  seconds, median steady process CPU seconds: all threads, less sensitive
+  than wall time to other load on a shared machine)."""
   import jax
 
   t0 = time.perf_counter()
   jax.block_until_ready(run(0))
   first = time.perf_counter() - t0
-  times = []
+  times, cpu = [], []
   for i in range(repeats):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     jax.block_until_ready(run(i + 1))
     times.append(time.perf_counter() - t0)
-  return first, statistics.median(times), times
+    cpu.append(time.process_time() - c0)
+  return first, statistics.median(times), times, statistics.median(cpu)
 
 
 def workload_gflop(wl: dict, n_params: int, head_dim: int) -> float:
@@ -148,7 +153,7 @@ def bench_cpu(args, workload: str) -> dict:
                               stop_token_ids=(), pad_token_id=0)
   key = jax.random.key(0)
   run = lambda i: sample(graphdef, params, tokens, mask, jax.random.fold_in(key, i), settings)
-  first, med, times = time_sample(run, args.repeats)
+  first, med, times, cpu = time_sample(run, args.repeats)
   r = run(0)
   n_tok = int(np.asarray(r.completion_lengths).sum())
   assert n_tok == wl["prompts"] * wl["group"] * wl["new_tokens"], n_tok
@@ -157,7 +162,7 @@ def bench_cpu(args, workload: str) -> dict:
   res = dict(
       bench="sampler", workload=workload, backend=jax.default_backend(),
       rlx_tokens_per_s=n_tok / med, rlx_s=med, rlx_s_all=[round(t, 4) for t in times],
-      compile_s=first - med, rlx_peak_rss_mb=peak_rss_mb(), n_params=n_params,
+      rlx_cpu_s=cpu, compile_s=first - med, rlx_peak_rss_mb=peak_rss_mb(), n_params=n_params,
       model_gflop=work, matmul_fp32_gflops=gflops,
       rlx_matmul_utilization=utilization(work * 1e9, med, gflops),
       cpu_count=os.cpu_count(), load_avg_1m=os.getloadavg()[0], repeats=args.repeats)
@@ -165,6 +170,7 @@ def bench_cpu(args, workload: str) -> dict:
   if hf:
     res["hf_matmul_utilization"] = utilization(work * 1e9, hf["hf_s"], gflops)
     res["speedup_vs_hf"] = res["rlx_tokens_per_s"] / hf["hf_tokens_per_s"]
+    res["cpu_time_ratio_hf_over_rlx"] = hf["hf_cpu_s"] / cpu
   return res
 
 
@@ -205,7 +211,7 @@ def bench_gpu(args) -> dict:
   settings = SamplingSettings(max_new_tokens=c, group_size=g, stop_token_ids=(), pad_token_id=0)
   key = jax.random.key(0)
   run = lambda i: sample(graphdef, params, tokens, mask, jax.random.fold_in(key, i), settings)
-  first, med, times = time_sample(run, args.repeats)
+  first, med, times, _ = time_sample(run, args.repeats)
   n = b * g
   weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
   kv_bytes_per_slot = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2  # k+v, bf16
