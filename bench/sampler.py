@@ -15,7 +15,8 @@ model FLOPs achieve.
 
 GPU (workload G): a Qwen2.5-0.5B-shaped random model in bf16 from
 `rlx.models.init_model`; 32 prompts x 128 tokens, group 8 (batch 256), 512 new
-tokens. Reports tokens/s and the fraction of the memory-bandwidth limit:
+tokens. Reports tokens/s, the device's fp32 matmul GFLOP/s and the fraction
+of the memory-bandwidth limit:
 bytes per decode step = weights + average KV cache (valid slots) read, over
 --hbm_tb_s (default: 4.8 for H200, 3.35 for H100, from the device kind).
 
@@ -228,8 +229,7 @@ def bench_gpu(args) -> dict:
       avg_kv_read_gb=n * avg_slots * kv_bytes_per_slot / 1e9, hbm_tb_s=hbm,
       limit_tokens_per_s=limit_tok_s, fraction_of_bandwidth_limit=tok_s / limit_tok_s,
       peak_device_mem_gb=stats.get("peak_bytes_in_use", 0) / 1e9,
-      matmul_fp32_gflops=gflops,
-      matmul_utilization=utilization(n * (p / g + c) * 2 * models.num_params(params), med, gflops),
+      matmul_fp32_gflops=gflops,  # the device's rate; G is bandwidth-bound bf16, read against hbm_tb_s
       host_peak_rss_mb=peak_rss_mb(), repeats=args.repeats)
 
 
