@@ -7,7 +7,10 @@ Prints ONE JSON line: per estimator, compile seconds (first call: trace,
 compile, run) and the median wall milliseconds per call after one warm-up
 call, with the section-7 diagnostics ("ms") and without ("ms_no_diag"), plus
 the median process CPU milliseconds ("cpu_ms", "cpu_ms_no_diag": all threads;
-less sensitive to other load on a shared machine). CPU, jitted.
+less sensitive to other load on a shared machine). CPU, jitted. Also the
+host's fp32 matmul GFLOP/s measured in the same run (bench/host.py), to read
+the times against another machine (the estimators are elementwise, segment
+and sort work, not matmuls, so no FLOP utilization is given).
 
 XLA's CPU runtime allocates its buffers with malloc; glibc serves buffers of
 32 MiB and more with fresh mmap'd pages and returns them after every call, so
@@ -29,6 +32,7 @@ import time
 
 # Allow `python bench/advantages.py` from a checkout without installing rlx.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def _malloc_reuse() -> bool:
@@ -57,7 +61,10 @@ def main() -> None:
   import jax
   import numpy as np
 
+  from host import matmul_gflops
   from rlx.advantages import ESTIMATORS, AdvantageInputs, compute_advantages, fit_reference_stats
+
+  gflops = matmul_gflops()
 
   n, k, g = args.n, args.k, args.groups
   gsize = n // g
@@ -118,7 +125,8 @@ def main() -> None:
       "bench": "advantages", "n": n, "k": k, "groups": g, "group_size": gsize,
       "repeats": args.repeats, "backend": jax.default_backend(),
       "cpu_count": os.cpu_count(), "python": platform.python_version(),
-      "jax": jax.__version__, "malloc_reuse": malloc_reuse, "estimators": results}))
+      "jax": jax.__version__, "malloc_reuse": malloc_reuse,
+      "matmul_fp32_gflops": round(gflops, 1), "estimators": results}))
 
 
 if __name__ == "__main__":

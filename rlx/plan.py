@@ -3,7 +3,7 @@
     python -m rlx.plan --config=configs/FILE.py[:ARGS] [--config.KEY=VALUE ...]
         [--model=NAME|config.json|HF_DIR] [--devices=N] [--hbm_gb=16] [--platform=cpu|tpu|cuda]
 
-Compiles the run's jitted steps (sample, eval sample, LoRA merge, reference
+Compiles the run's jitted steps (sample, eval sample, reference
 and old log-probs, update) on abstract shapes (`rlx.train.abstract`: no
 weights are allocated) for XLA:CPU, with N simulated CPU devices standing in
 for the mesh, and prints per device: parameters, optimizer state, reference,
@@ -180,7 +180,7 @@ def _gib(x: int) -> str:
 
 
 _STEP_TEXT = {"sample": "sample (prefill + decode)", "eval_sample": "eval sample",
-              "merge": "LoRA merge (for sampling)", "ref_logprobs": "reference log-probs",
+              "ref_logprobs": "reference log-probs",
               "old_logprobs": "old log-probs", "update": "update (forward, backward, optimizer)"}
 
 
@@ -199,15 +199,14 @@ def knobs(part: str, cfg, mcfg) -> list[str]:
     elif not cfg.model.lora.rank:
       out.append("model.lora.rank > 0 (only adapters train: no full optimizer state)")
     if part in ("parameters", "frozen base"):
-      if cfg.model.lora.rank and cfg.model.lora.quantize == "none":
-        out.append("model.lora.quantize=int8")
+      if cfg.model.lora.rank and cfg.model.lora.quantize != "int4":
+        out.append("model.lora.quantize=int4" if cfg.model.lora.quantize == "int8"
+                   else "model.lora.quantize=int8 / int4")
       if cfg.model.param_dtype == "float32":
         out.append("model.param_dtype=bfloat16")
     return out
   if part in ("KV cache", "sample", "eval_sample"):
     return [batch if part != "eval_sample" else "eval.batch_prompts", lengths, mesh]
-  if part == "merge":
-    return [shard, "model.lora.rank=0 (no merged copy)"]
   if cfg.model.remat != "full":
     out.append("model.remat=full")
   if "dense" in _attention(mcfg, cfg, "cpu") or mcfg.attention == "dense":

@@ -164,7 +164,7 @@ def test_lora_plan_counts_adapters_frozen_base_and_no_reference():
   assert abs(lora.parts["optimizer state"] - 2 * adapters) <= 64  # + the step counters
   assert lora.parts["frozen base"] == full.parts["parameters"] == full.parts["reference"]
   assert "reference" not in lora.parts
-  assert [s.name for s in lora.steps] == ["merge", "sample", "ref_logprobs", "update"]
+  assert [s.name for s in lora.steps] == ["sample", "ref_logprobs", "update"]
   assert lora.persistent < 0.4 * full.persistent
 
 

@@ -25,7 +25,7 @@ from rlx.sampling import sampler as sampler_lib
 from rlx.train import steps
 from rlx.train.optim import make_optimizer
 from rlx.train.placement import Placement
-from rlx.train.rl_setup import _settings, jitted_steps
+from rlx.train.rl_setup import Lora, _settings, jitted_steps
 
 sds = jax.ShapeDtypeStruct
 
@@ -33,7 +33,7 @@ sds = jax.ShapeDtypeStruct
 @dataclasses.dataclass
 class Step:
   """One jitted call of an RL step on abstract arguments."""
-  name: str                  # sample | eval_sample | merge | ref_logprobs | old_logprobs | update
+  name: str                  # sample | eval_sample | ref_logprobs | old_logprobs | update
   fn: Callable[..., Any]     # a jax.jit function
   args: tuple                # ShapeDtypeStructs (pytrees) with shardings
   persistent: tuple          # per arg: True if it is the run's persistent state (not a transient)
@@ -84,13 +84,13 @@ def model_state(cfg, mcfg, place: Placement):
   spec = frozen = None
   if cfg.model.lora.rank:
     lo = cfg.model.lora
-    spec = lora_lib.make_spec(mcfg, lo.rank, lo.alpha, lo.targets, lo.quantize)
+    spec = lora_lib.make_spec(mcfg, lo.rank, lo.alpha, lo.targets, lo.quantize, lo.dropout)
     base, scales = params, {}
-    if spec.quantize == "int8":  # int8 weights keep their param's shards; scales replicated
+    if spec.quantize != "none":  # int8/int4 weights keep their param's shards; scales replicated
       base, scales = jax.eval_shape(lambda p: lora_lib.quantize_base(spec, p), params)
       base = _with(base, p_sh)
       scales = _with(scales, jax.tree.map(lambda _: replicated, scales))
-    frozen = {"params": base, "scales": scales}
+    frozen = {"params": base, "scales": scales, "key": sds((2,), jnp.uint32, sharding=replicated)}
     adapters = jax.eval_shape(lambda: lora_lib.init_adapters(
         mcfg, spec, jax.random.PRNGKey(0), mcfg.param_dtype))
     p_sh = place.param_shardings(adapters, logical_axes=lora_lib.logical_axes(mcfg, spec))
@@ -114,9 +114,7 @@ def abstract_run(cfg, mcfg, devices: Any = None) -> AbstractRun:
   if cfg.train.minibatches > 1:
     place.check_batch(n // cfg.train.minibatches, "completions per minibatch")
   graphdef, state, ref, frozen, spec, tx = model_state(cfg, mcfg, place)
-  effective = None
-  if spec is not None:
-    effective = lambda a, f: lora_lib.effective_params(spec, f["params"], a, f["scales"])
+  effective = None if spec is None else Lora(spec, frozen).effective
   updates_per_step = cfg.train.epochs * cfg.train.minibatches
   detached_old = cfg.loss.old_logprobs == "auto" and updates_per_step == 1
   logprobs, update = jitted_steps(cfg, graphdef, tx, state, detached_old, effective)
@@ -124,18 +122,20 @@ def abstract_run(cfg, mcfg, devices: Any = None) -> AbstractRun:
   key = sds((2,), jnp.uint32, sharding=NamedSharding(place.mesh, P()))
   out: list[Step] = []
 
-  model_params, model_persistent = state.params, True
-  if spec is not None:  # the sampler reads the merged weights (rl_setup: once per step)
-    merge = jax.jit(effective)
-    out.append(Step("merge", merge, (state.params, frozen), (True, True)))
-    merged = jax.eval_shape(effective, state.params, frozen)
-    shardings = compile_step(out[-1]).output_shardings
-    model_params, model_persistent = _with(merged, shardings), False
+  # The sampler reads the base and the adapters (rl_setup: the adapter path).
+  sample_fn, model_args = sampler_lib._sample_jit, (state.params,)
+  if spec is not None:
+    def sample_lora(graphdef, adapters, frozen, tokens, mask, key, settings):
+      base, ad = effective(adapters, frozen)
+      return sampler_lib._sample(graphdef, base, tokens, mask, key, settings, ad)
+    sample_fn = jax.jit(sample_lora, static_argnames=("graphdef", "settings"))
+    model_args = (state.params, frozen)
 
   def sample_step(name, rows, settings):
     prompts = (_batch(place, (rows, p), jnp.int32), _batch(place, (rows, p), jnp.bool_))
-    out.append(Step(name, sampler_lib._sample_jit, (graphdef, model_params, *prompts, key),
-                    (True, model_persistent, False, False, False), {"settings": settings}))
+    out.append(Step(name, sample_fn, (graphdef, *model_args, *prompts, key),
+                    (True,) * (1 + len(model_args)) + (False, False, False),
+                    {"settings": settings}))
 
   sample_step("sample", g, _settings(cfg, eval_mode=False, tokenizer=ids))
   ev = _settings(cfg, eval_mode=True, tokenizer=ids)
