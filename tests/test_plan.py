@@ -162,7 +162,8 @@ def test_lora_plan_counts_adapters_frozen_base_and_no_reference():
   adapters = 4 * L * ((d * r + r * mcfg.num_heads * e) + (d * r + r * mcfg.num_kv_heads * e))
   assert lora.parts["parameters"] == adapters
   assert abs(lora.parts["optimizer state"] - 2 * adapters) <= 64  # + the step counters
-  assert lora.parts["frozen base"] == full.parts["parameters"] == full.parts["reference"]
+  assert full.parts["parameters"] == full.parts["reference"]
+  assert 0 <= lora.parts["frozen base"] - full.parts["parameters"] <= 64  # + the dropout key
   assert "reference" not in lora.parts
   assert [s.name for s in lora.steps] == ["sample", "ref_logprobs", "update"]
   assert lora.persistent < 0.4 * full.persistent
