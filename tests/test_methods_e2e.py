@@ -64,6 +64,7 @@ def _tiny(name):
                         num_attention_heads=2, num_key_value_heads=1)
   cfg.data.num_train, cfg.data.num_eval = 16, 2
   cfg.sampling.max_new_tokens = 16
+  cfg.train.prompt_buckets = (cfg.data.max_prompt_len,)  # one bucket: one compile per step
   cfg.train.eval_every = 0
   cfg.train.export_hf = False
   cfg.train.progress = False

@@ -216,7 +216,9 @@ def _check_train_rl_on_2x2x2_mesh_matches_one_device(runs):
   assert probe["new_params"] == probe["params"]
   mu = [v for k, v in probe["opt_state"].items() if k.endswith("layers/up/value")]
   assert mu and all(v == [[2, 32, 64], [2, 16, 32], 8] for v in mu)
-  assert probe["batch_tokens"] == [[8, 52], [2, 52], 8]  # a minibatch of 8 completions
+  # A minibatch of 8 completions, trimmed to length buckets (<= P + C = 52 columns).
+  w = probe["batch_tokens"][0][1]
+  assert w <= 52 and probe["batch_tokens"] == [[8, w], [2, w], 8]
   ref = _probe(runs["wd"]["B"])
   assert ref["mesh"] == {"data": 1, "fsdp": 1, "tensor": 1}
   assert ref["params"]["layers/up/value"] == [[2, 32, 64], [2, 32, 64], 1]
@@ -235,7 +237,8 @@ def _check_two_processes_train_like_one_device(runs):
     assert probe["process_count"] == 2 and probe["local_devices"] == 2
     assert probe["mesh"] == {"data": 2, "fsdp": 1, "tensor": 2}
     assert probe["params"]["layers/up/value"] == [[2, 32, 64], [2, 32, 32], 2]
-    assert probe["batch_tokens"] == [[8, 52], [4, 52], 2]  # 4 rows on each process
+    w = probe["batch_tokens"][0][1]  # trimmed to length buckets
+    assert w <= 52 and probe["batch_tokens"] == [[8, w], [4, w], 2]  # 4 rows on each process
   assert "process 1 of 2" in runs["jobs"]["C"].log(1)
   assert not os.path.exists(runs["wd"]["C"] + ".probe.2")
 
