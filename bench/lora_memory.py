@@ -30,21 +30,11 @@ import optax  # noqa: E402
 
 from host import matmul_gflops  # noqa: E402
 from rlx import models  # noqa: E402
-from rlx.models import lora  # noqa: E402
+from rlx.models import lora, shapes  # noqa: E402
 from rlx.train import steps  # noqa: E402
 
-SHAPES = {
-    "smollm2_135m": dict(model_type="llama", architectures=["LlamaForCausalLM"],
-                         hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, intermediate_size=1536, vocab_size=49152,
-                         tie_word_embeddings=True, max_position_embeddings=2048,
-                         rope_theta=100000.0, rms_norm_eps=1e-5),
-    "qwen2.5_1.5b": dict(model_type="qwen2", architectures=["Qwen2ForCausalLM"],
-                         hidden_size=1536, num_hidden_layers=28, num_attention_heads=12,
-                         num_key_value_heads=2, intermediate_size=8960, vocab_size=151936,
-                         tie_word_embeddings=True, max_position_embeddings=32768,
-                         rope_theta=1000000.0, rms_norm_eps=1e-6),
-}
+# Output key -> built-in shape (rlx/models/shapes.py), fp32 as the bench reports.
+SHAPES = {"smollm2_135m": "smollm2-135m", "qwen2.5_1.5b": "qwen2.5-1.5b"}
 TARGETS = "q,k,v,o,gate,up,down"
 P, C, N = 16, 16, 4  # prompt, completion tokens, completions
 
@@ -157,8 +147,9 @@ def main():
   out = {"bench": "lora_memory", "rank": a.rank, "targets": TARGETS, "param_dtype": "float32",
          "optimizer": "adamw", "batch": f"{N}x{P + C}", "backend": jax.default_backend(),
          "matmul_fp32_gflops": round(matmul_gflops(1024), 1)}
-  for name, hf in SHAPES.items():
-    cfg = models.ModelConfig.from_hf(hf)
+  for name, shape in SHAPES.items():
+    cfg = models.ModelConfig.from_hf(shapes.hf_config(shape), dtype="float32",
+                                     param_dtype="float32")
     vs = variants(cfg, a.rank)
     row = {k: state_bytes(v) for k, v in vs.items()}
     for k, v in vs.items():
