@@ -21,12 +21,7 @@ def _config(tmp_path, **updates):
                  "length": {"fn": "arith/length", "weight": 0.5}}
   cfg.train.eval_every = 0
   cfg.train.export_hf = False
-  for key, value in updates.items():
-    node = cfg
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = value
+  cfg.update_from_flattened_dict(updates)
   return cfg
 
 

@@ -45,12 +45,7 @@ def _plan(*args, timeout=600):
 def _small_config():
   from rlx.train.config import load_config
   cfg = load_config(*CONFIG)
-  for k, v in OVERRIDES.items():
-    *path, last = k.split(".")
-    node = cfg
-    for p in path:
-      node = node[p]
-    node[last] = v
+  cfg.update_from_flattened_dict(OVERRIDES)
   return cfg
 
 
@@ -139,12 +134,7 @@ def test_bad_input_is_a_one_line_config_error():
 def _tiny_config(**kw):
   cfg = _small_config()
   cfg.model.arch = TINY["model.arch"]
-  for k, v in kw.items():
-    *path, last = k.split(".")
-    node = cfg
-    for p in path:
-      node = node[p]
-    node[last] = v
+  cfg.update_from_flattened_dict(kw)
   return cfg
 
 
