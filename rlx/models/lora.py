@@ -52,7 +52,8 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from rlx.models.config import ModelConfig
-from rlx.models.decoder import Adapters, dequantize, param_specs
+from rlx.models.decoder import param_specs
+from rlx.models.projections import Adapters, dequantize
 
 # Logical target name -> number of input axes (after the layer axis) of its weight.
 TARGETS = {"q": 1, "k": 1, "v": 1, "o": 2, "gate": 1, "up": 1, "down": 1}
@@ -170,7 +171,7 @@ def delta(spec: LoraSpec, ad: dict[str, jax.Array], w_shape: tuple[int, ...],
 
 def quantize_base(spec: LoraSpec, params: Any) -> tuple[Any, dict[str, jax.Array]]:
   """(params with targeted weights int8 / int4, their float32 scales; see
-  `decoder.dequantize` for the scales' layouts)."""
+  `projections.dequantize` for the scales' layouts)."""
   params = jax.tree.map(lambda x: x, params)  # new Variables: the input is not modified
   layers = params["layers"]
   scales = {}
