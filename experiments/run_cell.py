@@ -233,7 +233,8 @@ def check_budget(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  from rlx.main import setup_logging
+  setup_logging()  # rlx's INFO lines; libraries' only from WARNING up
   args = build_parser().parse_args(argv)
   try:
     check_args(args)

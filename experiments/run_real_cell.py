@@ -124,7 +124,8 @@ def run_one(args: argparse.Namespace, estimator: str, seed: int) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
-  logging.basicConfig(level=logging.INFO)
+  from rlx.main import setup_logging
+  setup_logging()  # rlx's INFO lines; libraries' only from WARNING up
   for seed in args.seeds:
     for est in args.estimators:
       meta = run_one(args, est, seed)
