@@ -235,7 +235,7 @@ def cellset_markdown(cellset: str, cells: list[dict[str, Any]], st: dict[str, An
            "seeds.", "",
            "Machine(s): " + "; ".join(sorted({_machine(c["machine"]) for c in cells})) + ".", ""]
   head = (["estimator", "seeds"] + [f"`{n}`" for n in names]
-          + [f"{lab} (1 - `{n}`)" for lab, n in viol] + ["length (chars)"])
+          + [f"{lab} (1 - `{n}`)" for lab, n in viol] + ["length (tokens)"])
 
   def table(kind: str) -> list[str]:
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -132,7 +132,7 @@ def test_summary_violation_uses_logged_only_reward(tmp_path):
   md = open(os.path.join(res, "arith_conditioned.md")).read()
   header = next(l for l in md.splitlines() if l.startswith("| estimator"))
   assert header == ("| estimator | seeds | `correct` | `length_ok_if_correct` | `length_ok` | "
-                    "over length limit (1 - `length_ok`) | length (chars) |")
+                    "over length limit (1 - `length_ok`) | length (tokens) |")
   assert _table_row(md, "## Held-out rewards at the last", "BNPO") == (
       "| BNPO | 2 | 0.500 ± 0.000 | 0.400 ± 0.000 | 0.500 ± 0.354 | 0.500 ± 0.354 | 9.0 ± 0.0 |")
   assert "GDPO" not in md
