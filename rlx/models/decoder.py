@@ -188,7 +188,7 @@ def attend(cfg: ModelConfig, q_BTHE: jax.Array, k_BSJE: jax.Array, v_BSJE: jax.A
   out_BTHE = attention(q_BTHE, k_BSJE, v_BSJE, impl=name, causal=True, q_offset=q_offset,
                        kv_mask_BS=kv_mask_BS, q_segment_ids_BT=q_seg_BT,
                        kv_segment_ids_BS=kv_seg_BS, block_q=bq, block_kv=bk,
-                       platform=cfg.attention_platform)
+                       platform=cfg.attention_platform, mesh=cfg.mesh)
   return out_BTHE[:, :T]
 
 
@@ -415,8 +415,9 @@ def abstract_model(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
 
 
 def with_attention(cfg: ModelConfig, **kw) -> tuple[ModelConfig, nnx.GraphDef]:
-  """(cfg with the given attention / attention_block_q / attention_block_kv /
-  attention_platform, its graphdef); the params of `cfg` fit the new graphdef unchanged."""
+  """(cfg with the given runtime fields: attention / attention_block_q /
+  attention_block_kv / attention_platform / mesh, its graphdef); the params of `cfg`
+  fit the new graphdef unchanged."""
   cfg = cfg.replace(**kw)
   return cfg, abstract_model(cfg)[0]
 
