@@ -46,6 +46,7 @@ from flax import nnx
 from rlx.models.attention import attention, resolve
 from rlx.models.config import ModelConfig
 from rlx.models.projections import Adapters, _adapted_proj
+from rlx.models.sharding import constrain_batch
 
 CACHE_AXES = ("layers", "batch", "cache_seq", "kv_heads", "head_dim")
 
@@ -307,7 +308,9 @@ class Decoder(nnx.Module):
     cfg = self.cfg
     dt = cfg.compute_dtype
     T = tokens_BT.shape[1]
-    x_BTD = jnp.take(self.embed[...], tokens_BT, axis=0).astype(dt)
+    # cfg.mesh (several devices): the residual stream stays split over the batch
+    # axes, here and at every layer boundary (rlx.models.sharding.constrain_batch).
+    x_BTD = constrain_batch(cfg.mesh, jnp.take(self.embed[...], tokens_BT, axis=0).astype(dt))
     sin, cos = rope_sin_cos(positions_BT, cfg)
     kv_mask_BS = kv_mask_BS.astype(bool)
     S = kv_mask_BS.shape[1]
@@ -337,6 +340,7 @@ class Decoder(nnx.Module):
       new_caches = []
       for i, lp in enumerate(layers):
         x_BTD, c = body(x_BTD, lp, None if cache is None else cache[i], None)
+        x_BTD = constrain_batch(cfg.mesh, x_BTD)
         # As at the scan's loop boundary: XLA may not keep the residual in
         # excess (float32) precision across layers.
         x_BTD = jax.lax.optimization_barrier(x_BTD)
@@ -354,7 +358,8 @@ class Decoder(nnx.Module):
       def step(carry, inp):
         x_BTD, c = carry
         lp, layer = inp
-        return body(x_BTD, lp, c, None if c is None else layer), None
+        x_BTD, c = body(x_BTD, lp, c, None if c is None else layer)
+        return (constrain_batch(cfg.mesh, x_BTD), c), None
       (x_BTD, new_cache), _ = jax.lax.scan(
           step, (x_BTD, None if cache is None else dict(cache)), (lps, layer_ids))
 
