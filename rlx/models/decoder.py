@@ -308,9 +308,14 @@ class Decoder(nnx.Module):
     cfg = self.cfg
     dt = cfg.compute_dtype
     T = tokens_BT.shape[1]
-    # cfg.mesh (several devices): the residual stream stays split over the batch
-    # axes, here and at every layer boundary (rlx.models.sharding.constrain_batch).
-    x_BTD = constrain_batch(cfg.mesh, jnp.take(self.embed[...], tokens_BT, axis=0).astype(dt))
+    # cfg.mesh (several devices): in a full-length pass (no cache: training, reference,
+    # reward models) the residual stream stays split over the batch axes, here and at
+    # every layer boundary (rlx.models.sharding.constrain_batch), so activations are not
+    # gathered under fsdp. Not with a cache: a decode step's few tokens are cheaper to
+    # keep where XLA puts them than the fsdp-sharded weights (the [D, V] head above all)
+    # a batch split makes it gather at every step.
+    rows = cfg.mesh if cache is None else None
+    x_BTD = constrain_batch(rows, jnp.take(self.embed[...], tokens_BT, axis=0).astype(dt))
     sin, cos = rope_sin_cos(positions_BT, cfg)
     kv_mask_BS = kv_mask_BS.astype(bool)
     S = kv_mask_BS.shape[1]
@@ -340,7 +345,7 @@ class Decoder(nnx.Module):
       new_caches = []
       for i, lp in enumerate(layers):
         x_BTD, c = body(x_BTD, lp, None if cache is None else cache[i], None)
-        x_BTD = constrain_batch(cfg.mesh, x_BTD)
+        x_BTD = constrain_batch(rows, x_BTD)
         # As at the scan's loop boundary: XLA may not keep the residual in
         # excess (float32) precision across layers.
         x_BTD = jax.lax.optimization_barrier(x_BTD)
@@ -359,7 +364,7 @@ class Decoder(nnx.Module):
         x_BTD, c = carry
         lp, layer = inp
         x_BTD, c = body(x_BTD, lp, c, None if c is None else layer)
-        return (constrain_batch(cfg.mesh, x_BTD), c), None
+        return (constrain_batch(rows, x_BTD), c), None
       (x_BTD, new_cache), _ = jax.lax.scan(
           step, (x_BTD, None if cache is None else dict(cache)), (lps, layer_ids))
 
