@@ -308,10 +308,10 @@ class Decoder(nnx.Module):
     cfg = self.cfg
     dt = cfg.compute_dtype
     T = tokens_BT.shape[1]
-    # cfg.mesh (several devices): in a full-length pass (no cache: training, reference,
-    # reward models) the residual stream stays split over the batch axes, here and at
-    # every layer boundary (rlx.models.sharding.constrain_batch), so activations are not
-    # gathered under fsdp. Not with a cache: a decode step's few tokens are cheaper to
+    # cfg.mesh (several devices): in a full-length pass (no cache: update, reference and
+    # old log-probs) the residual stream stays split over the batch axes, here and at
+    # every layer boundary (rlx.models.sharding.constrain_batch): under fsdp each device
+    # computes its own rows only. Not with a cache: a decode step's few tokens are cheaper to
     # keep where XLA puts them than the fsdp-sharded weights (the [D, V] head above all)
     # a batch split makes it gather at every step.
     rows = cfg.mesh if cache is None else None

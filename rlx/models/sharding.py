@@ -7,9 +7,11 @@ and 'kv_heads' dims. It is the static `ModelConfig.mesh` field (a runtime
 field like `attention_platform`: not an HF field, never serialized), so it
 travels inside the graphdef into every jitted step. With it the decoder
 
-- constrains the residual stream x_BTD to [batch over `batch`, rest
+- constrains the residual stream x_BTD of full-length passes (no KV cache:
+  training, reference and old log-probs) to [batch over `batch`, rest
   replicated] after the embedding and at every layer boundary
-  (`constrain_batch`), so XLA does not all-gather activations under fsdp;
+  (`constrain_batch`), so under fsdp each device works on its own rows
+  (the sampler's decode is left to XLA: see rlx/models/decoder.py);
 - runs kernels XLA cannot partition (Pallas/Mosaic splash attention) under
   `jax.shard_map` on each device's block of rows (and heads).
 
