@@ -1,9 +1,18 @@
 """TPU/GPU readiness: the jitted sample, reference-log-prob and update steps of a
 tiny config export (jax.export) for tpu and cuda with the attention `auto`
 picks there, on abstract shapes (no weights allocated): the steps the run
-builds, as rlx.plan --platform exports them (rlx/train/abstract.py)."""
+builds, as rlx.plan --platform exports them (rlx/train/abstract.py). On a mesh of
+4 simulated devices (a subprocess: this file run as a script) splash runs under
+shard_map."""
+import json
+import os
+import re
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rlx import models
 from rlx.models import attention as attn
@@ -24,13 +33,19 @@ def _config():
   return c
 
 
-def _exported(platform):
-  """{step: StableHLO text} of the run's steps lowered for `platform`."""
+def _exported(platform, axes=None, kv_heads=1):
+  """{step: StableHLO text} of the run's steps lowered for `platform` on a mesh of
+  `axes` (default one device)."""
   mcfg = models.ModelConfig.for_family(
       "qwen2", vocab_size=272, hidden_size=128, intermediate_size=256, num_layers=1,
-      num_heads=2, num_kv_heads=1, head_dim=64, dtype="bfloat16", param_dtype="bfloat16",
-      attention="auto", attention_platform=platform, pad_token_id=0)
-  run = abstract.abstract_run(_config(), mcfg, jax.devices()[:1])
+      num_heads=2, num_kv_heads=kv_heads, head_dim=64, dtype="bfloat16",
+      param_dtype="bfloat16", attention="auto", attention_platform=platform, pad_token_id=0)
+  cfg = _config()
+  n = 1
+  if axes:
+    cfg.mesh.axes = axes
+    n = int(np.prod(list(axes.values())))
+  run = abstract.abstract_run(cfg, mcfg, jax.devices()[:n])
   assert [s.name for s in run.steps] == ["sample", "ref_logprobs", "update"]
   return {s.name: abstract.export_step(s, platform).mlir_module() for s in run.steps}
 
@@ -56,3 +71,53 @@ def test_steps_export_for_cuda():
   text = _exported("cuda")
   for step in ("ref_logprobs", "update"):
     assert ("cudnn" in text[step]) == attached, step
+
+
+def _kernel_operands(text):
+  """The operand types of the splash kernel's custom calls (q, k, v among them)."""
+  return sorted({m for m in re.findall(r"tpu_custom_call.*?:\s*\((tensor<[^)]*)\)", text)})
+
+
+def _mesh_exports():
+  """Run as a script with 4 simulated devices: the tpu exports on two meshes."""
+  out = {}
+  for name, axes, kv in (("fsdp2_tensor2", {"data": 1, "fsdp": 2, "tensor": 2}, 2),
+                         ("fsdp2_tensor2_kv1", {"data": 1, "fsdp": 2, "tensor": 2}, 1)):
+    try:
+      text = _exported("tpu", axes, kv)
+    except Exception as e:  # noqa: BLE001  (the parent asserts on it)
+      out[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+      continue
+    out[name] = {step: {"kernel": "tpu_custom_call" in t,
+                        "shard_map": t.count("sdy.manual_computation"),
+                        "operands": _kernel_operands(t)} for step, t in text.items()}
+  return out
+
+
+def test_steps_export_for_tpu_with_splash_on_a_mesh():
+  """On 4 simulated devices (fsdp=2 x tensor=2) the Mosaic kernel, which XLA cannot
+  partition, runs under shard_map: each device on its row (N = 2 over fsdp) and, when
+  the KV heads split over tensor too, its query/KV head; with 1 KV head (not divisible
+  by tensor=2) heads stay whole. Before, both steps failed: 'Mosaic kernels cannot be
+  automatically partitioned. Please wrap the call in a shard_map.'"""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True,
+                        timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  r = json.loads(proc.stdout.strip().splitlines()[-1])
+  for name in ("fsdp2_tensor2", "fsdp2_tensor2_kv1"):
+    assert "error" not in r[name], r[name]
+    assert not r[name]["sample"]["kernel"]  # traced cache index: dense
+    for step in ("ref_logprobs", "update"):
+      assert r[name][step]["kernel"] and r[name][step]["shard_map"] >= 1, (name, step)
+  # The kernel's per-row q/k/v blocks [heads, T, E]: 1 of 2 heads per device when
+  # heads split over tensor, both heads (q) and the 1 KV head otherwise.
+  split = r["fsdp2_tensor2"]["ref_logprobs"]["operands"][0]
+  whole = r["fsdp2_tensor2_kv1"]["ref_logprobs"]["operands"][0]
+  assert "tensor<1x256x64xbf16>, tensor<1x256x64xbf16>, tensor<1x256x64xbf16>" in split
+  assert "tensor<2x256x64xbf16>, tensor<1x256x64xbf16>, tensor<1x256x64xbf16>" in whole
+
+
+if __name__ == "__main__":
+  print(json.dumps(_mesh_exports()))

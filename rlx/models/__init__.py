@@ -15,7 +15,9 @@ Public API (all pure functions of (graphdef, params); no module crosses jit):
   head_matrix(cfg, params) -> head_DV (the head laid out once, for decoding)
   attend(cfg, q_BTHE, k_BSJE, v_BSJE, q_offset, kv_mask_BS) -> out_BTHE   (the attention
       core: rlx.models.attention.attention with cfg.attention and its block sizes)
-  with_attention(cfg, **kw) -> (cfg, graphdef): cfg.attention* replaced
+  with_attention(cfg, **kw) -> (cfg, graphdef): the runtime fields (attention*, mesh) replaced
+  ModelMesh(mesh, batch, heads, kv_heads): cfg.mesh, the device mesh and the mesh axes of
+      the activations (rlx.models.sharding; set by the trainer on more than one device)
   init_cache(cfg, batch, max_len, dtype=None) -> {'k', 'v'}: [L, B, S, J, E]
   unstack_layers(cfg, params, adapters=None) -> per-layer params (forward's `layers`)
   init_layer_caches(cfg, batch, max_len, dtype=None) -> per-layer caches
@@ -46,5 +48,6 @@ from rlx.models.decoder import (CACHE_AXES, Adapters, Decoder, abstract_model, a
                                 with_attention)
 from rlx.models.hf_io import load_hf, load_tokenizer, save_hf
 from rlx.models.logprobs import logprobs_from_logits, sequence_logprob, token_logprobs
+from rlx.models.sharding import ModelMesh
 from rlx.models.reward_model import (init_reward_model, load_reward_model, reward_model_from_lm,
                                      save_reward_model, score)

@@ -24,7 +24,10 @@ Implementations (ATTENTION, chosen by name; `auto` picks per platform):
              go in as one [B, 1, T, S] mask shared by all heads.
   splash     Pallas TPU splash attention from jax (tpu; static q_offset, block
              sizes multiples of 128). Causality is a static block-sparse mask;
-             the KV mask and segment ids become splash segment ids.
+             the KV mask and segment ids become splash segment ids. XLA cannot
+             partition the Mosaic kernel: given a ModelMesh of several devices
+             it runs under jax.shard_map (rows over the batch axes, heads over
+             the head axes where query and KV heads split alike).
 tokamax (on PyPI, installs with jax 0.10.2) was checked first: its attention
 API takes neither segment ids nor (on TPU) per-row KV lengths or batched
 masks, so the two kernels are called through jax's own entry points.
@@ -33,12 +36,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlx.models import sharding
 from rlx.registry import Registry
 
 ATTENTION = Registry("attention implementation")
@@ -144,7 +149,7 @@ def attention(q_BTHE: jax.Array, k_BSJE: jax.Array, v_BSJE: jax.Array, *, impl: 
               q_segment_ids_BT: jax.Array | None = None,
               kv_segment_ids_BS: jax.Array | None = None, scale: float | None = None,
               block_q: int = 512, block_kv: int = 512, platform: str | None = None,
-              interpret: bool = False) -> jax.Array:
+              interpret: bool = False, mesh: Any = None) -> jax.Array:
   """softmax(q k^T * scale + mask) v per head -> [B, T, H, E] in q's dtype.
 
   impl: a name in ATTENTION (dense, blockwise, cudnn, splash, auto).
@@ -152,7 +157,8 @@ def attention(q_BTHE: jax.Array, k_BSJE: jax.Array, v_BSJE: jax.Array, *, impl: 
   scale: default E ** -0.5. block_q/block_kv: tiles of blockwise and splash,
   capped at T/S; they must divide T/S. platform: the platform this is lowered
   for (jax.export name; default the running backend). interpret: run splash in
-  the Pallas interpreter (tests on CPU).
+  the Pallas interpreter (tests on CPU). mesh: a `rlx.models.sharding.ModelMesh`
+  of the inputs (splash runs under shard_map on it; XLA partitions the others).
   """
   B, T, H, E = q_BTHE.shape
   S, J = k_BSJE.shape[1], k_BSJE.shape[2]
@@ -170,7 +176,7 @@ def attention(q_BTHE: jax.Array, k_BSJE: jax.Array, v_BSJE: jax.Array, *, impl: 
   scale = E ** -0.5 if scale is None else float(scale)
   fn = ATTENTION.get(name)
   return fn(q_BTHE, k_BSJE, v_BSJE, mask, scale=scale, block_q=block_q, block_kv=block_kv,
-            interpret=interpret)
+            interpret=interpret, mesh=mesh)
 
 
 def row_has_key(mask: Mask, B: int, T: int, S: int) -> jax.Array:
@@ -425,11 +431,36 @@ def cudnn(q_BTHE, k_BSJE, v_BSJE, mask: Mask, *, scale: float, **unused):
 
 @ATTENTION.register("splash")
 def splash(q_BTHE, k_BSJE, v_BSJE, mask: Mask, *, scale: float, block_q: int, block_kv: int,
-           interpret: bool = False, **unused):
-  """Pallas TPU splash attention (jax.experimental.pallas.ops.tpu.splash_attention)."""
+           interpret: bool = False, mesh: Any = None, **unused):
+  """Pallas TPU splash attention (jax.experimental.pallas.ops.tpu.splash_attention).
+
+  XLA cannot partition the Mosaic kernel: on a mesh of several devices (`mesh`, a
+  ModelMesh) it runs under `jax.shard_map`, each device on its own rows (batch
+  axes) and, where query and KV heads split alike, its own heads (head axes).
+  """
   del unused
+  local = functools.partial(_splash_local, scale=scale, block_q=block_q, block_kv=block_kv,
+                            interpret=interpret, causal=mask.causal, q_offset=mask.q_offset)
+  masks = {"kv_mask_BS": mask.kv_mask_BS, "q_segment_ids_BT": mask.q_segment_ids_BT,
+           "kv_segment_ids_BS": mask.kv_segment_ids_BS}
+  masks = {k: v for k, v in masks.items() if v is not None}
+  if not sharding.active(mesh):
+    return local(q_BTHE, k_BSJE, v_BSJE, masks)
+  B, _, H, _ = q_BTHE.shape
+  rows, heads = mesh.batch_axes(B), mesh.head_axes(H, k_BSJE.shape[2])
+  x_spec = sharding.spec(rows, None, heads, None)
+  m_spec = {k: sharding.spec(rows, None) for k in masks}
+  return jax.shard_map(local, mesh=mesh.mesh, in_specs=(x_spec, x_spec, x_spec, m_spec),
+                       out_specs=x_spec, check_vma=False)(q_BTHE, k_BSJE, v_BSJE, masks)
+
+
+def _splash_local(q_BTHE, k_BSJE, v_BSJE, masks: dict, *, scale: float, block_q: int,
+                  block_kv: int, interpret: bool, causal: bool, q_offset: int):
+  """splash on one device's block: the kernel vmapped over rows (masks: Mask's arrays)."""
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+  mask = Mask(causal, q_offset, masks.get("kv_mask_BS"), masks.get("q_segment_ids_BT"),
+              masks.get("kv_segment_ids_BS"))
   B, T, H, E = q_BTHE.shape
   S = k_BSJE.shape[1]
   bq = _block("block_q", block_q, T, "T", multiple=sk.NUM_LANES)

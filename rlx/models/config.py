@@ -90,6 +90,10 @@ class ModelConfig:
   # The platform the model is lowered for (jax.export name: cpu, cuda, tpu)
   # when it is not the running backend (export, plans); None: the running one.
   attention_platform: str | None = None
+  # Where activations live (rlx.models.sharding.ModelMesh: the device mesh and
+  # the mesh axes of batch and heads), set by the trainer for a mesh of more
+  # than one device; None: no activation constraints. Not serialized.
+  mesh: Any = None
 
   def __post_init__(self):
     set_ = lambda k, v: object.__setattr__(self, k, v)
@@ -323,4 +327,6 @@ class ModelConfig:
     return d
 
   def to_json(self) -> str:
-    return json.dumps(dataclasses.asdict(self))
+    """The fields as JSON, without the runtime `mesh` (devices are not config)."""
+    return json.dumps({f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                       if f.name != "mesh"})

@@ -46,6 +46,7 @@ from flax import nnx
 from rlx.models.attention import attention, resolve
 from rlx.models.config import ModelConfig
 from rlx.models.projections import Adapters, _adapted_proj
+from rlx.models.sharding import constrain_batch
 
 CACHE_AXES = ("layers", "batch", "cache_seq", "kv_heads", "head_dim")
 
@@ -188,7 +189,7 @@ def attend(cfg: ModelConfig, q_BTHE: jax.Array, k_BSJE: jax.Array, v_BSJE: jax.A
   out_BTHE = attention(q_BTHE, k_BSJE, v_BSJE, impl=name, causal=True, q_offset=q_offset,
                        kv_mask_BS=kv_mask_BS, q_segment_ids_BT=q_seg_BT,
                        kv_segment_ids_BS=kv_seg_BS, block_q=bq, block_kv=bk,
-                       platform=cfg.attention_platform)
+                       platform=cfg.attention_platform, mesh=cfg.mesh)
   return out_BTHE[:, :T]
 
 
@@ -307,7 +308,14 @@ class Decoder(nnx.Module):
     cfg = self.cfg
     dt = cfg.compute_dtype
     T = tokens_BT.shape[1]
-    x_BTD = jnp.take(self.embed[...], tokens_BT, axis=0).astype(dt)
+    # cfg.mesh (several devices): in a full-length pass (no cache: update, reference and
+    # old log-probs) the residual stream stays split over the batch axes, here and at
+    # every layer boundary (rlx.models.sharding.constrain_batch): under fsdp each device
+    # computes its own rows only. Not with a cache: a decode step's few tokens are cheaper to
+    # keep where XLA puts them than the fsdp-sharded weights (the [D, V] head above all)
+    # a batch split makes it gather at every step.
+    rows = cfg.mesh if cache is None else None
+    x_BTD = constrain_batch(rows, jnp.take(self.embed[...], tokens_BT, axis=0).astype(dt))
     sin, cos = rope_sin_cos(positions_BT, cfg)
     kv_mask_BS = kv_mask_BS.astype(bool)
     S = kv_mask_BS.shape[1]
@@ -337,6 +345,7 @@ class Decoder(nnx.Module):
       new_caches = []
       for i, lp in enumerate(layers):
         x_BTD, c = body(x_BTD, lp, None if cache is None else cache[i], None)
+        x_BTD = constrain_batch(rows, x_BTD)
         # As at the scan's loop boundary: XLA may not keep the residual in
         # excess (float32) precision across layers.
         x_BTD = jax.lax.optimization_barrier(x_BTD)
@@ -354,7 +363,8 @@ class Decoder(nnx.Module):
       def step(carry, inp):
         x_BTD, c = carry
         lp, layer = inp
-        return body(x_BTD, lp, c, None if c is None else layer), None
+        x_BTD, c = body(x_BTD, lp, c, None if c is None else layer)
+        return (constrain_batch(rows, x_BTD), c), None
       (x_BTD, new_cache), _ = jax.lax.scan(
           step, (x_BTD, None if cache is None else dict(cache)), (lps, layer_ids))
 
@@ -415,8 +425,9 @@ def abstract_model(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
 
 
 def with_attention(cfg: ModelConfig, **kw) -> tuple[ModelConfig, nnx.GraphDef]:
-  """(cfg with the given attention / attention_block_q / attention_block_kv /
-  attention_platform, its graphdef); the params of `cfg` fit the new graphdef unchanged."""
+  """(cfg with the given runtime fields: attention / attention_block_q /
+  attention_block_kv / attention_platform / mesh, its graphdef); the params of `cfg`
+  fit the new graphdef unchanged."""
   cfg = cfg.replace(**kw)
   return cfg, abstract_model(cfg)[0]
 

@@ -75,6 +75,7 @@ def _batch(place: Placement, shape: tuple[int, ...], dtype: Any) -> jax.ShapeDty
 def model_state(cfg, mcfg, place: Placement):
   """(graphdef, TrainState, reference, frozen, LoRA spec) as shapes on `place`'s mesh,
   as rl_setup._initial_state lays them out."""
+  mcfg = mcfg.replace(mesh=place.model_mesh())  # as rl_setup.setup_run
   graphdef, params = models.abstract_model(mcfg)
   p_sh = place.param_shardings(params)
   params = _with(params, p_sh)

@@ -14,6 +14,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rlx import parallel
+from rlx.models.sharding import ModelMesh
 
 
 class Placement:
@@ -46,6 +47,18 @@ class Placement:
       parallel.check_batch_divisible(rows, self.mesh, parallel.batch_mesh_axes(self.mesh, self.rules))
     except ValueError as e:
       raise ValueError(f"{what}: {e}") from None
+
+  def model_mesh(self) -> ModelMesh | None:
+    """The decoder's `ModelConfig.mesh`: this mesh and the mesh axes the rules give the
+    activations' batch and (query / KV) heads dims; None on one device."""
+    if self.mesh.size == 1:
+      return None
+    def axes(logical):  # of a [batch, logical] activation (the batch's axes come first)
+      sp = parallel.logical_to_spec(("batch", logical), self.mesh, self.rules)
+      m = sp[1] if len(sp) > 1 else None
+      return () if m is None else (m,) if isinstance(m, str) else tuple(m)
+    return ModelMesh(self.mesh, parallel.batch_mesh_axes(self.mesh, self.rules),
+                     axes("heads"), axes("kv_heads"))
 
   def local_rows(self, global_rows: int) -> slice:
     """This process's rows of a `global_rows`-row batch."""

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlx import advantages as adv_lib
+from rlx import models
 from rlx import sampling
 from rlx.data import make_prompt_iterator
 from rlx.models import hf_io
@@ -272,6 +273,10 @@ def setup_run(cfg, workdir: str, init_checkpoint: str | None
       aux_models.resolve_reward_model_mesh(cfg.mesh.reward_models, place.mesh, place.rules),
       place.rules)
   policy = common.load_policy(cfg, workdir, checkpoint=init_checkpoint)
+  # The decoder sees the mesh (activation constraints, shard_map'd kernels): every
+  # step built from this graphdef carries it.
+  mcfg, graphdef = models.with_attention(policy.cfg, mesh=place.model_mesh())
+  policy = dataclasses.replace(policy, cfg=mcfg, graphdef=graphdef)
   updates_per_step = cfg.train.epochs * cfg.train.minibatches
   tx = make_optimizer(cfg.optim, cfg.train.steps * updates_per_step)
   state, ref_params, lora = _initial_state(cfg, place, policy, tx)
