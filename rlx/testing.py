@@ -191,3 +191,20 @@ def torch_logits(model, tokens, mask, positions=None):
     out = model(input_ids=torch.tensor(np.array(tokens), dtype=torch.long),
                 attention_mask=torch.tensor(np.array(mask), dtype=torch.long), **kw)
   return out.logits.float().numpy()
+
+
+def run_on_devices(args: list[str], devices: int, timeout: float = 300,
+                   cwd: str | os.PathLike | None = None) -> dict:
+  """Runs `python *args` on `devices` simulated CPU devices (XLA_FLAGS, set before
+  jax starts in the child) and returns the JSON object of its last stdout line;
+  a non-zero exit raises AssertionError with the end of its stderr."""
+  import subprocess
+  import sys
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu")
+  root = Path(__file__).resolve().parent.parent
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+  proc = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True,
+                        timeout=timeout, cwd=cwd if cwd is not None else root)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])

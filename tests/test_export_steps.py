@@ -5,16 +5,14 @@ builds, as rlx.plan --platform exports them (rlx/train/abstract.py). On a mesh o
 4 simulated devices (a subprocess: this file run as a script) splash runs under
 shard_map."""
 import json
-import os
 import re
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rlx import models
+from rlx import testing
 from rlx.models import attention as attn
 from rlx.train import abstract
 from rlx.train.config import base_config
@@ -100,12 +98,7 @@ def test_steps_export_for_tpu_with_splash_on_a_mesh():
   the KV heads split over tensor too, its query/KV head; with 1 KV head (not divisible
   by tensor=2) heads stay whole. Before, both steps failed: 'Mosaic kernels cannot be
   automatically partitioned. Please wrap the call in a shard_map.'"""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True,
-                        timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  r = json.loads(proc.stdout.strip().splitlines()[-1])
+  r = testing.run_on_devices([__file__], devices=4)
   for name in ("fsdp2_tensor2", "fsdp2_tensor2_kv1"):
     assert "error" not in r[name], r[name]
     assert not r[name]["sample"]["kernel"]  # traced cache index: dense

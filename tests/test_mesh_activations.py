@@ -8,11 +8,10 @@ devices) that prints a JSON dict of measurements; the tests assert on them.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+
+from rlx import testing
 
 DEVICES = 4
 
@@ -137,12 +136,7 @@ def _measure():
 
 @pytest.fixture(scope="module")
 def mesh_results():
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES}",
-             JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True,
-                        timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  return testing.run_on_devices([__file__], devices=DEVICES)
 
 
 def test_model_mesh_from_the_rules(mesh_results):

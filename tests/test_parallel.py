@@ -7,9 +7,6 @@ dict of measurements; the parent test asserts on them.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import warnings
 
 import ml_collections as mlc
@@ -18,6 +15,7 @@ import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
 from rlx import parallel
+from rlx import testing
 from rlx.parallel import distributed
 
 MESH222 = AbstractMesh((2, 2, 2), ("data", "fsdp", "tensor"))
@@ -332,12 +330,7 @@ def _child() -> dict:
 
 @pytest.fixture(scope="module")
 def eight_device_results():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True,
-                        timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  return testing.run_on_devices([__file__], devices=8)
 
 
 def test_8dev_mesh_errors(eight_device_results):

@@ -1,9 +1,8 @@
 """Reward models follow config.mesh.reward_models on 8 simulated CPU devices."""
-import json
 import os
-import subprocess
-import sys
 import textwrap
+
+from rlx import testing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,12 +40,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_reward_model_shardings(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  p = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "rm")], env=env,
-                     capture_output=True, text=True, timeout=300)
-  assert p.returncode == 0, p.stderr[-3000:]
-  out = json.loads(p.stdout.strip().splitlines()[-1])
+  out = testing.run_on_devices(["-c", SCRIPT, str(tmp_path / "rm")], devices=8)
   for choice in ("policy", "last:4", "replicated"):
     assert out[choice]["diff"] < 1e-5, out
   assert out["policy"]["devices"] == 8 and out["policy"]["shard"] != out["policy"]["full"]
