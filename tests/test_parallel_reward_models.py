@@ -28,7 +28,10 @@ SCRIPT = textwrap.dedent("""
       rm = RewardModel.load(ck)
       got = rm.score(prompts, comps, batch_size=4)
       up = rm.params["layers"]["up"][...]
+      mm = rm.cfg.mesh
       out[choice] = dict(diff=float(np.abs(got - ref).max()),
+                         mesh=None if mm is None else dict(mm.mesh.shape),
+                         batch_axes=None if mm is None else list(mm.batch),
                          devices=len(up.sharding.device_set),
                          shard=list(up.addressable_shards[0].data.shape), full=list(up.shape))
     try:
@@ -43,6 +46,11 @@ def test_reward_model_shardings(tmp_path):
   out = testing.run_on_devices(["-c", SCRIPT, str(tmp_path / "rm")], devices=8)
   for choice in ("policy", "last:4", "replicated"):
     assert out[choice]["diff"] < 1e-5, out
+  # The model's activations (and a splash kernel's shard_map) follow the reward-model mesh.
+  assert out["policy"]["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
+  assert out["policy"]["batch_axes"] == ["data", "fsdp"]
+  assert out["last:4"]["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+  assert out["replicated"]["mesh"] is None
   assert out["policy"]["devices"] == 8 and out["policy"]["shard"] != out["policy"]["full"]
   assert out["last:4"]["devices"] == 4 and out["last:4"]["shard"] != out["last:4"]["full"]
   assert out["replicated"]["devices"] == 1 and out["replicated"]["shard"] == out["replicated"]["full"]

@@ -11,6 +11,7 @@ from rlx.parallel.distributed import (detect_cluster, host_local_to_global, init
 from rlx.parallel.mesh import (BATCH_AXES, batch_axes, check_batch_divisible, make_mesh,
                                mesh_from_config, num_batch_shards, resolve_axes)
 from rlx.parallel.rules import (CACHE_AXES, DEFAULT_RULES, batch_mesh_axes, batch_sharding,
+                                model_mesh,
                                 batch_spec, bytes_per_device, cache_sharding,
                                 init_opt_state_sharded,
                                 init_sharded, logical_to_sharding, logical_to_spec,

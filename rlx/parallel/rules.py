@@ -380,3 +380,19 @@ def spec_summary(shardings: Any) -> dict[str, str]:
   flat = jax.tree_util.tree_flatten_with_path(shardings)[0]
   return {"/".join(_key_str(k) for k in path if _key_str(k) != "value"): str(s.spec)
           for path, s in flat}
+
+
+def model_mesh(mesh: jax.sharding.Mesh | None, rules: Rules | None = None) -> Any:
+  """A model's `ModelConfig.mesh` (`rlx.models.ModelMesh`): `mesh` and the mesh axes the
+  rules give its activations' batch and (query / KV) heads dims; None without a mesh or
+  on one device (the model then traces with no activation constraints)."""
+  from rlx.models.sharding import ModelMesh
+  if mesh is None or mesh.size == 1:
+    return None
+  rules = make_rules() if rules is None else rules
+
+  def axes(logical):  # of a [batch, logical] activation (the batch's axes come first)
+    sp = logical_to_spec(("batch", logical), mesh, rules)
+    m = sp[1] if len(sp) > 1 else None
+    return () if m is None else (m,) if isinstance(m, str) else tuple(m)
+  return ModelMesh(mesh, batch_mesh_axes(mesh, rules), axes("heads"), axes("kv_heads"))

@@ -39,6 +39,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
+from rlx import models
 from rlx.models import reward_model as rm_lib
 from rlx.models import hf_io
 from rlx.rewards.registry import REWARD_FNS
@@ -190,8 +191,12 @@ class RewardModel:
     """Loads a *ForSequenceClassification dir (+ its tokenizer, or `tokenizer`)."""
     path = os.fspath(path)
     cfg, graphdef, params = rm_lib.load_reward_model(path, dtype=dtype, param_dtype=dtype)
-    from rlx.parallel.models import place_reward_model
+    from rlx.parallel import model_mesh
+    from rlx.parallel.models import place_reward_model, reward_model_mesh
     params = place_reward_model(params)  # config.mesh.reward_models (set by the trainer)
+    mm = model_mesh(*reward_model_mesh())  # activations (and splash) on that mesh too
+    if mm is not None:
+      cfg, graphdef = models.with_attention(cfg, mesh=mm)
     tok = hf_io.load_tokenizer(tokenizer or path, cfg)
     meta_path = os.path.join(path, META_FILE)
     meta = {}

@@ -49,16 +49,9 @@ class Placement:
       raise ValueError(f"{what}: {e}") from None
 
   def model_mesh(self) -> ModelMesh | None:
-    """The decoder's `ModelConfig.mesh`: this mesh and the mesh axes the rules give the
-    activations' batch and (query / KV) heads dims; None on one device."""
-    if self.mesh.size == 1:
-      return None
-    def axes(logical):  # of a [batch, logical] activation (the batch's axes come first)
-      sp = parallel.logical_to_spec(("batch", logical), self.mesh, self.rules)
-      m = sp[1] if len(sp) > 1 else None
-      return () if m is None else (m,) if isinstance(m, str) else tuple(m)
-    return ModelMesh(self.mesh, parallel.batch_mesh_axes(self.mesh, self.rules),
-                     axes("heads"), axes("kv_heads"))
+    """The decoder's `ModelConfig.mesh` on this mesh (`rlx.parallel.model_mesh`); None on
+    one device."""
+    return parallel.model_mesh(self.mesh, self.rules)
 
   def local_rows(self, global_rows: int) -> slice:
     """This process's rows of a `global_rows`-row batch."""
