@@ -206,7 +206,11 @@ def _run_config(d: str) -> dict[str, Any]:
 
 
 def _sft_targets(cell: dict[str, Any]) -> str:
-  rate = _run_config(cell.get("sft_dir", "")).get("sft", {}).get("corrupt_rate", 0.3)
+  sft_dir = cell.get("sft_dir", "")
+  if sft_dir and not os.path.isdir(sft_dir):  # relative to where the cells ran: OUT/sft/NAME
+    sft_dir = os.path.join(os.path.dirname(os.path.dirname(cell["dir"])), "sft",
+                           os.path.basename(os.path.normpath(sft_dir)))
+  rate = _run_config(sft_dir).get("sft", {}).get("corrupt_rate", 0.3)
   return (f"{rate:.0%}-corrupted demonstrations" if rate else
           "the task's demonstrations, uncorrupted (e.g. bfcl's ground-truth calls)")
 
