@@ -315,7 +315,7 @@ def plot_cellset(cellset: str, cells: list[dict[str, Any]], st: dict[str, Any], 
           s = y.std(0, ddof=1)
           axes[row, j].fill_between(steps, m - s, m + s, color=line.get_color(), alpha=0.15)
   for j, n in enumerate(names):
-    axes[0, j].set_title(f"held-out {n} (T=1)")
+    axes[0, j].set_title(f"held-out {n} ({_eval_decoding(cells[0])})")
     axes[1, j].set_title(f"training {n} (moving avg {window})")
     axes[1, j].set_xlabel("RL step")
   axes[0, 0].legend(fontsize=8)
