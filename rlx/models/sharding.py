@@ -27,6 +27,19 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 
+def dividing_axes(axes, n: int, sizes) -> tuple[str, ...]:
+  """The mesh axes of `axes`, in order, that keep splitting a dim of size n evenly
+  (sizes: mesh axis -> size); the rest are dropped and the dim is replicated over
+  them. The rule of rlx/parallel/rules.py for parameters and batches, and of
+  `ModelMesh` for activations."""
+  kept, prod = [], 1
+  for a in axes:
+    if n % (prod * sizes[a]) == 0:
+      kept.append(a)
+      prod *= sizes[a]
+  return tuple(kept)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelMesh:
   """A device mesh and the mesh axes of the activations' logical dims (hashable)."""
@@ -36,14 +49,7 @@ class ModelMesh:
   kv_heads: tuple[str, ...] = ()     # the 'kv_heads' rule's
 
   def _dividing(self, axes: tuple[str, ...], n: int) -> tuple[str, ...]:
-    """The axes, in order, that keep splitting a dim of size n evenly (as the rules drop
-    the rest: that dim is replicated over them)."""
-    kept, prod = [], 1
-    for a in axes:
-      if n % (prod * self.mesh.shape[a]) == 0:
-        kept.append(a)
-        prod *= self.mesh.shape[a]
-    return tuple(kept)
+    return dividing_axes(axes, n, self.mesh.shape)
 
   def batch_axes(self, rows: int) -> tuple[str, ...]:
     return self._dividing(self.batch, rows)

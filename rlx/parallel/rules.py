@@ -25,6 +25,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rlx.models import CACHE_AXES  # logical axes of a KV cache leaf
+from rlx.models.sharding import dividing_axes
 from rlx.parallel.mesh import check_batch_divisible
 
 MeshAxes = str | tuple[str, ...] | None
@@ -119,11 +120,7 @@ def logical_to_spec(axes: Sequence[str | None] | P | None, mesh: Any,
         continue
       cand = [a for a in _norm_mesh_axes(maxes) if a in sizes and a not in used]
       if shape is not None:
-        kept, prod = [], 1
-        for a in cand:
-          if shape[i] % (prod * sizes[a]) == 0:
-            kept.append(a)
-            prod *= sizes[a]
+        kept = dividing_axes(cand, shape[i], sizes)
         dropped = [a for a in cand if a not in kept and sizes[a] > 1]
         if dropped:
           warnings.warn(
