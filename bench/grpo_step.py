@@ -133,12 +133,16 @@ def run_layout(args, c, wd: str, compile_total, num_params: int, gflops: float,
   med = lambda k: float(np.median([r[k] for r in timed]))
   n = c.train.batch_prompts * c.sampling.group_size
   p = c.data.max_prompt_len
-  # Useful FLOPs of a median step: real tokens only (prompts p, completions of the mean length).
+  # Useful FLOPs of a median step: real tokens only (prompts p, completions of the mean
+  # length); with train.share_prompts each group's prompt counts once in the
+  # reference and update passes.
   length = med("completion/length_mean")
   seq = p + length
+  prompt_rows = n // c.sampling.group_size if c.train.share_prompts else n
+  train_tokens = int(n * length + prompt_rows * p)
   flops = (model_flops(num_params, int(n * length), layers=4, width=256, context=int(seq))
-           + model_flops(num_params, int(n * seq), layers=4, width=256, context=int(seq))
-           + model_flops(num_params, int(n * seq), backward=True, layers=4, width=256,
+           + model_flops(num_params, train_tokens, layers=4, width=256, context=int(seq))
+           + model_flops(num_params, train_tokens, backward=True, layers=4, width=256,
                          context=int(seq)))
   excl = float(np.median([r["time/step_s"] - r["time/compile_s"] for r in timed]))
   # On a shared host the matmul rate drifts: measured before and after the run, the higher used.
@@ -170,6 +174,8 @@ def main() -> None:
   ap.add_argument("--steps", type=int, default=None, help="timed steps (W: 10, T: 3)")
   ap.add_argument("--warmup", type=int, default=2)
   ap.add_argument("--layouts", default="padded,trimmed,packed", help="T: which runs")
+  ap.add_argument("--share_prompts", type=int, default=1,
+                  help="config.train.share_prompts (W: each group's prompt runs once)")
   args = ap.parse_args()
   long_tail = args.workload == "T"
   if args.steps is None:
@@ -213,6 +219,7 @@ def main() -> None:
   c.train.batch_prompts, c.train.steps = 8, args.warmup + args.steps
   c.train.eval_every = c.train.ckpt_every = 0
   c.train.export_hf = c.train.progress = False
+  c.train.share_prompts = bool(args.share_prompts)
   c.train.keep_checkpoints = 1
   if long_tail:
     c.train.batch_prompts, c.sampling.group_size = 4, 4
@@ -226,7 +233,7 @@ def main() -> None:
   compile_total = _compile_seconds()
   if not long_tail:
     out = run_layout(args, c, os.path.join(tmp, "run"), compile_total, n_params, gflops,
-                     workload="W")
+                     workload="W", **{"train.share_prompts": c.train.share_prompts})
     print(json.dumps(out), flush=True)
     return
   layouts = {"padded": dict(length_buckets=(1024,), prompt_buckets=(32,), packing=False),

@@ -140,6 +140,10 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   # Several (prompt + completion) sequences per row of the trimmed length, with
   # segment ids; loss and gradients equal the unpacked ones.
   c.train.packing = False
+  # The G completions of a group share their prompt: the reference, old log-prob
+  # and update passes run each prompt once and its keys/values serve the group
+  # (same values up to float rounding; off with packing, which it replaces).
+  c.train.share_prompts = True
   c.train.log_every = 1
   c.train.eval_every = 25
   c.train.ckpt_every = 25

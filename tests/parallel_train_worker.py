@@ -221,7 +221,7 @@ def install_probe(probe_path: str) -> None:
   def probed_make(*args, **kwargs):
     fn = make(*args, **kwargs)
 
-    def probed(state, batch, *frozen):  # frozen: the LoRA base
+    def probed(state, batch, *frozen, **kw):  # frozen: the LoRA base
       import jax  # pylint: disable=g-import-not-at-top
       path = f"{probe_path}.{jax.process_index()}"
       if not os.path.exists(path):
@@ -233,12 +233,12 @@ def install_probe(probe_path: str) -> None:
                 "local_devices": jax.local_device_count()}
         if frozen:
           info["frozen"] = _shard_shapes(frozen[0]["params"])
-        new_state, metrics = fn(state, batch, *frozen)
+        new_state, metrics = fn(state, batch, *frozen, **kw)
         info["new_params"] = _shard_shapes(new_state.params)
         with open(path, "w") as f:
           json.dump(info, f)
         return new_state, metrics
-      return fn(state, batch, *frozen)
+      return fn(state, batch, *frozen, **kw)
 
     return probed
 

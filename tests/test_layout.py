@@ -40,12 +40,19 @@ def _model(attention="dense"):
   return graphdef, params
 
 
-def _rollout(prompt_N=PROMPT_N, completion_N=COMPLETION_N, seed=0) -> sampling.Rollout:
+def _rollout(prompt_N=PROMPT_N, completion_N=COMPLETION_N, seed=0, shared=False
+             ) -> sampling.Rollout:
+  """shared: rows in groups of 3 with one prompt each (prompt_N[0] and [3])."""
   rng = np.random.default_rng(seed)
   n = len(prompt_N)
+  if shared:
+    prompt_N = np.repeat(np.asarray(prompt_N)[::3], 3)
   pmask = np.arange(P)[None] >= P - np.asarray(prompt_N)[:, None]      # left-padded
   cmask = np.arange(C)[None] < np.asarray(completion_N)[:, None]       # right-padded
-  ptok = np.where(pmask, rng.integers(2, 64, (n, P)), 0).astype(np.int32)
+  ptok = rng.integers(2, 64, (n, P))
+  if shared:
+    ptok = np.repeat(ptok[::3], 3, axis=0)
+  ptok = np.where(pmask, ptok, 0).astype(np.int32)
   ctok = np.where(cmask, rng.integers(2, 64, (n, C)), 0).astype(np.int32)
   logp = lambda: np.where(cmask, -rng.uniform(0.5, 5.0, (n, C)), 0.0).astype(np.float32)
   return sampling.Rollout(
@@ -60,7 +67,7 @@ def _run(graphdef, *, packing=False, prompt_buckets=(4, 8)):
   cfg = base_config()
   cfg.data.max_prompt_len, cfg.sampling.max_new_tokens = P, C
   cfg.train.prompt_buckets, cfg.train.packing = prompt_buckets, packing
-  return SimpleNamespace(cfg=cfg, place=Placement(cfg), fns=SimpleNamespace(
+  return SimpleNamespace(cfg=cfg, place=Placement(cfg), group_size=3, fns=SimpleNamespace(
       logprobs=steps.make_logprobs_fn(graphdef, P, 1.0, 0)))
 
 
@@ -108,11 +115,13 @@ def test_pack_places_every_sequence_once_in_its_own_segment():
     assert np.all(unpack[i, c:] == 0)
 
 
-@pytest.mark.parametrize("attention,token_adv,packing", [("dense", False, False),
-                                                         ("blockwise", True, True)])
-def test_trimmed_and_packed_loss_and_grads_equal_padded(attention, token_adv, packing):
+@pytest.mark.parametrize("attention,token_adv,packing,shared", [
+    ("dense", False, False, False), ("blockwise", True, True, False),
+    ("dense", True, False, True), ("blockwise", False, False, True)])
+def test_trimmed_and_packed_loss_and_grads_equal_padded(attention, token_adv, packing, shared):
+  """shared: groups of 3 rows with one prompt, run once per group (train.share_prompts)."""
   graphdef, params = _model(attention)
-  ro = _rollout()
+  ro = _rollout(shared=shared)
   rng = np.random.default_rng(2)
   adv = jnp.asarray(rng.standard_normal((N, C) if token_adv else N), jnp.float32)
   ref_full = steps.make_logprobs_fn(graphdef, P, 1.0, 0)(
@@ -123,7 +132,7 @@ def test_trimmed_and_packed_loss_and_grads_equal_padded(attention, token_adv, pa
   (loss0, m0), g0 = grad_fn(params, _batch(ro, ref_full, adv))
   run = _run(graphdef, packing=packing)
   t = rl.trimmed(run, ro, jax.tree.map(np.asarray, ro))
-  assert t.trim == layout.Trim(8, 32)
+  assert t.trim == layout.Trim(8, 32) and t.group_size == (3 if shared else 1)
   # the reference pass itself runs trimmed (and packed) and equals the padded one
   ref = rl.device_logprobs(run, jax.tree.map(lambda x: x * 1.01, params), t)
   assert ref.shape == (N, 32)
@@ -133,7 +142,8 @@ def test_trimmed_and_packed_loss_and_grads_equal_padded(attention, token_adv, pa
   if packing:
     batch.update(rl.packing(run, PROMPT_N, COMPLETION_N, t.trim))
     assert batch["pack_src"].shape == (2, 40)  # 6 rows of 40 -> 2
-  (loss, m), g = grad_fn(params, batch)
+  (loss, m), g = jax.jit(jax.value_and_grad(
+      lambda p, b: loss_fn(p, b, group_size=t.group_size), has_aux=True))(params, batch)
   np.testing.assert_allclose(loss, loss0, rtol=1e-5, atol=1e-6)
   for k in m0:
     np.testing.assert_allclose(m[k], m0[k], rtol=1e-5, atol=1e-6, err_msg=k)
@@ -178,3 +188,17 @@ def test_warm_buckets_do_not_recompile():
       sizes.append((run.fns.logprobs._cache_size(), update._cache_size()))
     assert sizes[1] == sizes[2], sizes  # same buckets, other lengths: no compile
     assert sizes[3] == (sizes[2][0] + 1, sizes[2][1] + 1), sizes  # one more compile each
+
+
+def test_shared_prompts_only_when_every_group_holds_one_prompt():
+  graphdef, _ = _model()
+  run = _run(graphdef)
+  local = jax.tree.map(np.asarray, _rollout(shared=True))
+  assert rl.shared_group_size(run, local) == 3
+  tokens = local.prompt_tokens.copy()
+  tokens[4, -1] += 1  # one completion's prompt differs from its group's
+  assert rl.shared_group_size(run, local.replace(prompt_tokens=tokens)) == 1
+  run.cfg.train.share_prompts = False
+  assert rl.shared_group_size(run, local) == 1
+  run.cfg.train.share_prompts, run.cfg.train.packing = True, True
+  assert rl.shared_group_size(run, local) == 1

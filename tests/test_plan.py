@@ -72,7 +72,8 @@ def _measure(workdir: str) -> dict:
     batch = rl.build_batch(run, groups)
     adv = rl.compute_advantages(run, batch)
     logprobs = rl.reference_and_old_logprobs(run, batch, groups, state.params, ref)
-    state, _ = rl.run_updates(run, state, rl.update_batch(run, batch, adv, logprobs), key)
+    state, _ = rl.run_updates(run, state, rl.update_batch(run, batch, adv, logprobs), key,
+                              logprobs.trimmed.group_size)
     return jax.block_until_ready(state)
 
   state = step(0, state)  # compiles every step

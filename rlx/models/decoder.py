@@ -221,12 +221,16 @@ def _write_cache(cache: dict[str, jax.Array], k_BTJE: jax.Array, v_BTJE: jax.Arr
 
 
 def _layer(cfg: ModelConfig, x_BTD, lp, sin, cos, kv_mask_BS, cache=None, layer=None,
-           cache_index=None, segment_ids_BT=None):
-  """One decoder layer. Returns (x, cache) with this layer's new K/V written in cache.
+           cache_index=None, segment_ids_BT=None, prefix=None):
+  """One decoder layer. Returns (x, cache, (k_BTJE, v_BTJE)): the new K/V
+  (after RoPE) are also written in cache.
 
   lp: this layer's params (stacked names of `param_specs`, without the L axis),
   and under 'adapters' this layer's `Adapters` if any.
   cache None: attention over the T inputs only; else see `_write_cache`.
+  prefix ({'k', 'v'}: [U, P, J, E], U dividing B; no cache): read-only keys and
+  values of P slots before the T inputs, each of its rows shared by B / U
+  consecutive rows (a group's prompt); the inputs sit at slots P..P+T-1.
   """
   dt = cfg.compute_dtype
   B, T, _ = x_BTD.shape
@@ -243,11 +247,18 @@ def _layer(cfg: ModelConfig, x_BTD, lp, sin, cos, kv_mask_BS, cache=None, layer=
     q_BTHE = rms_norm(q_BTHE, lp["q_norm"], cfg.rms_norm_eps)
     k_BTJE = rms_norm(k_BTJE, lp["k_norm"], cfg.rms_norm_eps)
   q_BTHE, k_BTJE = apply_rope(q_BTHE, sin, cos), apply_rope(k_BTJE, sin, cos)
-  if cache is None:
+  new_kv = (k_BTJE, v_BTJE)
+  q_offset = 0
+  if prefix is not None:
+    share = lambda x_UPJE: jnp.repeat(x_UPJE.astype(k_BTJE.dtype), B // x_UPJE.shape[0], axis=0)
+    k_BSJE = jnp.concatenate([share(prefix["k"]), k_BTJE], axis=1)
+    v_BSJE = jnp.concatenate([share(prefix["v"]), v_BTJE], axis=1)
+    q_offset = prefix["k"].shape[1]
+  elif cache is None:
     k_BSJE, v_BSJE = k_BTJE, v_BTJE
   else:
     cache, k_BSJE, v_BSJE = _write_cache(cache, k_BTJE, v_BTJE, cache_index, layer)
-  q_offset = 0 if cache is None else cache_index
+    q_offset = cache_index
   attn_BTHE = attend(cfg, q_BTHE, k_BSJE, v_BSJE, q_offset, kv_mask_BS, segment_ids_BT)
   out_BTD = proj(attn_BTHE.reshape(B, T, -1), "o")
   if cfg.attention_out_bias:
@@ -258,7 +269,7 @@ def _layer(cfg: ModelConfig, x_BTD, lp, sin, cos, kv_mask_BS, cache=None, layer=
   gate_BTF = proj(h_BTD, "gate")
   up_BTF = proj(h_BTD, "up")
   x_BTD = x_BTD + proj(jax.nn.silu(gate_BTF) * up_BTF, "down")
-  return x_BTD, cache
+  return x_BTD, cache, new_kv
 
 
 def remat_policy(remat: bool | str):
@@ -304,7 +315,8 @@ class Decoder(nnx.Module):
   def __call__(self, tokens_BT: jax.Array, positions_BT: jax.Array, kv_mask_BS: jax.Array,
                cache: Any = None, cache_index: Any = 0, return_hidden: bool = False,
                remat: bool | None = None, layers: tuple[dict[str, jax.Array], ...] | None = None,
-               segment_ids_BT: jax.Array | None = None, adapters: Adapters | None = None):
+               segment_ids_BT: jax.Array | None = None, adapters: Adapters | None = None,
+               prefix: dict[str, jax.Array] | None = None, return_kv: bool = False):
     cfg = self.cfg
     dt = cfg.compute_dtype
     T = tokens_BT.shape[1]
@@ -319,7 +331,18 @@ class Decoder(nnx.Module):
     sin, cos = rope_sin_cos(positions_BT, cfg)
     kv_mask_BS = kv_mask_BS.astype(bool)
     S = kv_mask_BS.shape[1]
-    if cache is None:
+    if prefix is not None:
+      if cache is not None or segment_ids_BT is not None:
+        raise ValueError("prefix (shared prompt keys/values) is for passes without a cache "
+                         "or segment ids.")
+      P, U = prefix["k"].shape[2], prefix["k"].shape[1]
+      if S != P + T or tokens_BT.shape[0] % U:
+        raise ValueError(f"With a prefix of {U} rows x {P} slots, kv_mask_BS must have "
+                         f"S == P + T = {P + T} (got {S}) and the {tokens_BT.shape[0]} rows "
+                         f"must be a multiple of {U}.")
+    elif return_kv and cache is not None:
+      raise ValueError("return_kv is for passes without a cache (the cache holds them).")
+    elif cache is None:
       if S != T:
         raise ValueError(f"Without a cache kv_mask_BS must have S == T, got S={S}, T={T}.")
     else:
@@ -331,8 +354,10 @@ class Decoder(nnx.Module):
     remat = cfg.remat if remat is None else remat
     remat = False if remat == "none" else remat
 
-    def body(x_BTD, lp, c, layer):
-      return _layer(cfg, x_BTD, lp, sin, cos, kv_mask_BS, c, layer, cache_index, segment_ids_BT)
+    def body(x_BTD, lp, c, layer, pre):
+      x_BTD, c, kv = _layer(cfg, x_BTD, lp, sin, cos, kv_mask_BS, c, layer, cache_index,
+                            segment_ids_BT, pre)
+      return x_BTD, c, (kv if return_kv else None)
     if remat:
       body = jax.checkpoint(body, prevent_cse=False, policy=remat_policy(remat))
 
@@ -342,15 +367,18 @@ class Decoder(nnx.Module):
                          "unstack_layers, not to the forward.")
       if cache is not None and len(cache) != len(layers):
         raise ValueError(f"{len(layers)} layers but {len(cache)} layer caches.")
-      new_caches = []
+      new_caches, kvs = [], []
       for i, lp in enumerate(layers):
-        x_BTD, c = body(x_BTD, lp, None if cache is None else cache[i], None)
+        pre = None if prefix is None else {n: x[i] for n, x in prefix.items()}
+        x_BTD, c, kv = body(x_BTD, lp, None if cache is None else cache[i], None, pre)
         x_BTD = constrain_batch(rows, x_BTD)
         # As at the scan's loop boundary: XLA may not keep the residual in
         # excess (float32) precision across layers.
         x_BTD = jax.lax.optimization_barrier(x_BTD)
         new_caches.append(c)
+        kvs.append(kv)
       new_cache = None if cache is None else tuple(new_caches)
+      kv_out = tuple(jnp.stack(x) for x in zip(*kvs)) if return_kv else None
     else:
       lps = {k: v[...] for k, v in nnx.state(self.layers, nnx.Param).items()}
       if adapters is not None:
@@ -362,13 +390,15 @@ class Decoder(nnx.Module):
 
       def step(carry, inp):
         x_BTD, c = carry
-        lp, layer = inp
-        x_BTD, c = body(x_BTD, lp, c, None if c is None else layer)
-        return (constrain_batch(rows, x_BTD), c), None
-      (x_BTD, new_cache), _ = jax.lax.scan(
-          step, (x_BTD, None if cache is None else dict(cache)), (lps, layer_ids))
+        lp, layer, pre = inp
+        x_BTD, c, kv = body(x_BTD, lp, c, None if c is None else layer, pre)
+        return (constrain_batch(rows, x_BTD), c), kv
+      (x_BTD, new_cache), kv_out = jax.lax.scan(
+          step, (x_BTD, None if cache is None else dict(cache)), (lps, layer_ids, prefix))
 
     hidden_BTD = rms_norm(x_BTD, self.final_norm[...], cfg.rms_norm_eps)
+    if return_kv:
+      new_cache = {"k": kv_out[0], "v": kv_out[1]}
     if return_hidden:
       return hidden_BTD, new_cache
     return self.head(hidden_BTD), new_cache
@@ -441,7 +471,8 @@ def forward(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Array,
             positions_BT: jax.Array, kv_mask_BS: jax.Array, cache: Any = None,
             cache_index: Any = 0, return_hidden: bool = False, remat: bool | None = None,
             layers: tuple[dict[str, jax.Array], ...] | None = None,
-            segment_ids_BT: jax.Array | None = None, adapters: Adapters | None = None):
+            segment_ids_BT: jax.Array | None = None, adapters: Adapters | None = None,
+            prefix: dict[str, jax.Array] | None = None, return_kv: bool = False):
   """Runs the decoder; returns (logits_BTV float32 | hidden_BTD, new_cache | None).
 
   Without cache: S == T and query t attends key s iff s <= t and kv_mask_BS[b, s]
@@ -457,12 +488,18 @@ def forward(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Array,
   `init_layer_caches`. Same math either way.
   adapters: LoRA adapters / int8 / int4 base scales (`Adapters`) applied inside
   each projection (with `layers`, given to `unstack_layers` instead).
+  Shared prompts (no cache): return_kv=True returns this pass's keys/values
+  {'k', 'v'}: [L, B, T, J, E] (after RoPE) in place of the cache; a later pass
+  given them as `prefix` (of U rows, U dividing its B) runs its T tokens at
+  slots P..P+T-1 after them, each prefix row shared by B / U consecutive rows,
+  with kv_mask_BS over the P + T slots (rlx.models.logprobs.completion_logprobs).
   A reward model (cfg.is_reward_model) returns scores [B, T, num_labels].
   """
   model = nnx.merge(graphdef, params)
   return model(tokens_BT, positions_BT, kv_mask_BS, cache=cache, cache_index=cache_index,
                return_hidden=return_hidden, remat=remat, layers=layers,
-               segment_ids_BT=segment_ids_BT, adapters=adapters)
+               segment_ids_BT=segment_ids_BT, adapters=adapters, prefix=prefix,
+               return_kv=return_kv)
 
 
 def lm_head(graphdef_or_params, params_or_hidden, hidden_BTD: jax.Array | None = None, *,

@@ -27,6 +27,33 @@ def logprobs_from_logits(logits_BTV: jax.Array, targets_BT: jax.Array,
   return tgt - lse, entropy
 
 
+def head_logprobs(head, hidden_BTD: jax.Array, targets_BT: jax.Array, chunk_size: int,
+                  temperature: float | jax.Array = 1.0, checkpoint_chunks: bool = True
+                  ) -> tuple[jax.Array, jax.Array]:
+  """(logp_BT, entropy_BT) of targets_BT under softmax(head(hidden_BTD) / temperature),
+  over chunks of chunk_size positions (jax.lax.map; T padded up to a multiple),
+  each chunk under jax.checkpoint unless checkpoint_chunks is False."""
+  B, T, D = hidden_BTD.shape
+  X = max(1, min(chunk_size, T))  # tokens per chunk
+  n = -(-T // X)
+  pad = n * X - T
+  if pad:
+    hidden_BTD = jnp.pad(hidden_BTD, ((0, 0), (0, pad), (0, 0)))
+    targets_BT = jnp.pad(targets_BT, ((0, 0), (0, pad)))
+  h_nBXD = hidden_BTD.reshape(B, n, X, D).swapaxes(0, 1)  # n chunks
+  t_nBX = targets_BT.reshape(B, n, X).swapaxes(0, 1)
+
+  def chunk(args):
+    h, t = args
+    return logprobs_from_logits(head(h), t, temperature)
+
+  if checkpoint_chunks:
+    chunk = jax.checkpoint(chunk, prevent_cse=False)
+  logp_nBX, ent_nBX = jax.lax.map(chunk, (h_nBXD, t_nBX))
+  return (logp_nBX.swapaxes(0, 1).reshape(B, n * X)[:, :T],
+          ent_nBX.swapaxes(0, 1).reshape(B, n * X)[:, :T])
+
+
 def token_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Array,
                    mask_BT: jax.Array, chunk_size: int = 128,
                    temperature: float | jax.Array = 1.0, positions_BT: jax.Array | None = None,
@@ -56,27 +83,8 @@ def token_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Arr
   hidden_BTD, _ = model(tokens_BT, positions_BT, mask_BT, return_hidden=True, remat=remat,
                         segment_ids_BT=segment_ids_BT, adapters=adapters)
   # hidden[t] predicts tokens[t + 1].
-  targets_BT = jnp.concatenate([tokens_BT[:, 1:], jnp.zeros_like(tokens_BT[:, :1])], axis=1)
-  X = max(1, min(chunk_size, T))  # tokens per chunk
-  n = -(-T // X)
-  pad = n * X - T
-  if pad:
-    hidden_BTD = jnp.pad(hidden_BTD, ((0, 0), (0, pad), (0, 0)))
-    targets_BT = jnp.pad(targets_BT, ((0, 0), (0, pad)))
-  D = hidden_BTD.shape[-1]
-  h_nBXD = hidden_BTD.reshape(B, n, X, D).swapaxes(0, 1)  # n chunks
-  t_nBX = targets_BT.reshape(B, n, X).swapaxes(0, 1)
-  head = model.head
-
-  def chunk(args):
-    h, t = args
-    return logprobs_from_logits(head(h), t, temperature)
-
-  if checkpoint_chunks:
-    chunk = jax.checkpoint(chunk, prevent_cse=False)
-  logp_nBX, ent_nBX = jax.lax.map(chunk, (h_nBXD, t_nBX))
-  logp = logp_nBX.swapaxes(0, 1).reshape(B, n * X)[:, :T - 1]
-  ent = ent_nBX.swapaxes(0, 1).reshape(B, n * X)[:, :T - 1]
+  logp, ent = head_logprobs(model.head, hidden_BTD[:, :-1], tokens_BT[:, 1:], chunk_size,
+                            temperature, checkpoint_chunks)
   follows_BT = mask_BT[:, 1:] & mask_BT[:, :-1]
   if segment_ids_BT is not None:
     follows_BT = follows_BT & (segment_ids_BT[:, 1:] == segment_ids_BT[:, :-1])
@@ -85,6 +93,48 @@ def token_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Arr
   logp_BT = jnp.where(valid_BT, jnp.concatenate([zeros, logp], axis=1), 0.0)
   ent_BT = jnp.where(valid_BT, jnp.concatenate([zeros, ent], axis=1), 0.0)
   return logp_BT, ent_BT
+
+
+def completion_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_NT: jax.Array,
+                        mask_NT: jax.Array, completion_len: int, *, group_size: int = 1,
+                        chunk_size: int = 128, temperature: float | jax.Array = 1.0,
+                        remat: bool | str | None = None, adapters: Any = None
+                        ) -> tuple[jax.Array, jax.Array]:
+  """(logp_NC, entropy_NC) of the last C = completion_len columns of tokens_NT
+  [N, P + C] (left-padded prompts, right-padded completions): the last C
+  entries of `token_logprobs`, with the LM head run on those C positions only.
+
+  group_size G > 1: rows come in N / G consecutive groups that share their
+  prompt columns (a GRPO group). Each prompt then runs once: a pass over the
+  N / G prompts returns their keys/values (`forward(return_kv=True)`), and a
+  pass over the N completions attends them as a shared `prefix` (gradients of
+  the G completions add up in the prompt's). Same values as G = 1 up to float
+  rounding, for (N / G) * P + N * C tokens of compute instead of N * (P + C).
+  The caller guarantees the shared prompts (rlx/train/rl.py checks them).
+  """
+  N, T = tokens_NT.shape
+  C, G = completion_len, group_size
+  P = T - C
+  if not 1 <= P < T or N % G:
+    raise ValueError(f"completion_logprobs: {N} rows of {T} tokens with completion_len={C}, "
+                     f"group_size={G}: need 1 <= P = T - C < T and N a multiple of G.")
+  mask_NT = mask_NT.astype(bool)
+  positions_NT = positions_from_mask(mask_NT)
+  model = nnx.merge(graphdef, params)
+  kw = {"return_hidden": True, "remat": remat, "adapters": adapters}
+  if G == 1:
+    hidden_NTD, _ = model(tokens_NT, positions_NT, mask_NT, **kw)
+    pred_NCD = hidden_NTD[:, P - 1:T - 1]  # hidden[t] predicts tokens[t + 1]
+  else:
+    prompt = lambda x: x[::G, :P]
+    hidden_UPD, kv = model(prompt(tokens_NT), prompt(positions_NT), prompt(mask_NT),
+                           return_kv=True, **kw)
+    hidden_NCD, _ = model(tokens_NT[:, P:], positions_NT[:, P:], mask_NT, prefix=kv, **kw)
+    last_N1D = jnp.repeat(hidden_UPD[:, -1:], G, axis=0)  # predicts completion token 0
+    pred_NCD = jnp.concatenate([last_N1D, hidden_NCD[:, :-1]], axis=1)
+  logp, ent = head_logprobs(model.head, pred_NCD, tokens_NT[:, P:], chunk_size, temperature)
+  valid_NC = mask_NT[:, P:] & mask_NT[:, P - 1:T - 1]
+  return jnp.where(valid_NC, logp, 0.0), jnp.where(valid_NC, ent, 0.0)
 
 
 def sequence_logprob(logp_BT: jax.Array, mask_BT: jax.Array) -> jax.Array:

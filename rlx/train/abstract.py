@@ -147,15 +147,17 @@ def abstract_run(cfg, mcfg, devices: Any = None) -> AbstractRun:
 
   tokens, mask = _batch(place, (n, p + c), jnp.int32), _batch(place, (n, p + c), jnp.bool_)
   lead = (state.params, frozen) if spec is not None else ()
+  r = cfg.sampling.group_size  # train.share_prompts: each group's prompt runs once
+  share = r if cfg.train.share_prompts and not cfg.train.packing else 1
+  m = n // cfg.train.minibatches
   if ref is not None:
     ref_args = ({}, frozen) if spec is not None else (ref,)
     out.append(Step("ref_logprobs", logprobs, (*ref_args, tokens, mask),
-                    (True,) * len(ref_args) + (False, False)))
+                    (True,) * len(ref_args) + (False, False), {"group_size": share}))
   if not detached_old and cfg.loss.old_logprobs != "sampler":
     old_args = lead if spec is not None else (state.params,)
     out.append(Step("old_logprobs", logprobs, (*old_args, tokens, mask),
-                    (True,) * len(old_args) + (False, False)))
-  m = n // cfg.train.minibatches
+                    (True,) * len(old_args) + (False, False), {"group_size": share}))
   f32 = jnp.float32
   batch = dict(tokens=_batch(place, (m, p + c), jnp.int32),
                attn_mask=_batch(place, (m, p + c), jnp.bool_),
@@ -163,10 +165,11 @@ def abstract_run(cfg, mcfg, devices: Any = None) -> AbstractRun:
                old_logp=_batch(place, (m, c), f32), sample_logp=_batch(place, (m, c), f32),
                ref_logp=_batch(place, (m, c), f32), correct=_batch(place, (m,), jnp.bool_),
                group=_batch(place, (m,), jnp.int32), lengths=_batch(place, (m,), jnp.int32))
+  kw = {"group_size": share if m % share == 0 else 1}
   if spec is None:
-    out.append(Step("update", update, (state, batch), (True, False)))
+    out.append(Step("update", update, (state, batch), (True, False), kw))
   else:
-    out.append(Step("update", update, (state, batch, frozen), (True, False, True)))
+    out.append(Step("update", update, (state, batch, frozen), (True, False, True), kw))
   cache = jax.eval_shape(lambda: models.init_cache(mcfg, n, p + c - 1))
   cache = _with(cache, parallel.cache_sharding(cache, place.mesh, place.rules))
   return AbstractRun(mcfg, place, state, ref, frozen, spec, out, cache)

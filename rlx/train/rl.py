@@ -7,7 +7,8 @@ each a function from typed inputs to a typed output:
     batch    = build_batch(run, groups)                        # kept groups -> global rows
     adv      = compute_advantages(run, batch)
     logprobs = reference_and_old_logprobs(run, batch, groups, params, ref_params)  # trimmed
-    state, updates = run_updates(run, state, update_batch(run, batch, adv, logprobs), key)
+    state, updates = run_updates(run, state, update_batch(run, batch, adv, logprobs), key,
+                                 logprobs.trimmed.group_size)
     metrics  = step_metrics(run, groups, batch, adv, updates, t0)
     log_eval_checkpoint(run, out, step, metrics, state, ref_params, stop)
 
@@ -302,6 +303,7 @@ class TrimmedRollout:
   trim: layout.Trim
   prompt_len_N: np.ndarray      # host, every global row: real prompt tokens
   completion_len_N: np.ndarray  # host, every global row: completion tokens
+  group_size: int = 1           # rows in groups of this many sharing their prompt
 
 
 def _trim_columns(rollout: sampling.Rollout, trim: layout.Trim) -> sampling.Rollout:
@@ -331,7 +333,22 @@ def trimmed(run: RLRun, rollout: sampling.Rollout, local: sampling.Rollout) -> T
                             "train.prompt_buckets"),
       layout.length_buckets(cfg.train.length_buckets, cfg.sampling.max_new_tokens,
                             "train.length_buckets"))
-  return TrimmedRollout(_trim_columns_jit(rollout, trim), trim, prompt_N, completion_N)
+  return TrimmedRollout(_trim_columns_jit(rollout, trim), trim, prompt_N, completion_N,
+                        shared_group_size(run, local))
+
+
+def shared_group_size(run: RLRun, local: sampling.Rollout) -> int:
+  """config.train.share_prompts: the group size when every block of that many
+  consecutive rows holds one prompt (checked on the tokens), so the log-prob
+  and update passes run each prompt once; else 1 (also with packing)."""
+  g = run.group_size
+  if not run.cfg.train.share_prompts or run.cfg.train.packing or g == 1:
+    return 1
+  prompts = run.place.gather(np.where(local.prompt_mask, local.prompt_tokens, -1))
+  if len(prompts) % g:
+    return 1
+  blocks = prompts.reshape(len(prompts) // g, g, -1)
+  return g if bool(np.all(blocks == blocks[:, :1])) else 1
 
 
 def packing(run: RLRun, prompt_len_n: np.ndarray, completion_len_n: np.ndarray,
@@ -351,7 +368,8 @@ def device_logprobs(run: RLRun, params: Any, t: TrimmedRollout) -> jax.Array:
   """Completion log-probs [N, C'] of the trimmed (and, configured, packed) rollout."""
   ro = t.rollout
   pk = packing(run, t.prompt_len_N, t.completion_len_N, t.trim)
-  return run.fns.logprobs(params, ro.tokens, ro.mask, pk, prompt_len=t.trim.prompt_len)[0]
+  return run.fns.logprobs(params, ro.tokens, ro.mask, pk, prompt_len=t.trim.prompt_len,
+                          group_size=t.group_size)[0]
 
 
 @dataclasses.dataclass
@@ -407,9 +425,12 @@ class UpdateResult:
 
 
 def run_updates(run: RLRun, state: steps.TrainState, batch: dict[str, jax.Array],
-                key: jax.Array) -> tuple[steps.TrainState, UpdateResult]:
+                key: jax.Array, group_size: int = 1) -> tuple[steps.TrainState, UpdateResult]:
   """config.train.epochs passes over the batch in config.train.minibatches
-  minibatches (rows in order in the first epoch, permuted after)."""
+  minibatches (rows in order in the first epoch, permuted after). group_size:
+  the batch's rows are groups of that many sharing their prompt
+  (`TrimmedRollout.group_size`); so are the first epoch's minibatches when
+  their size is a multiple of it."""
   t = time.time()
   cfg, n = run.cfg, run.num_completions
   rows = n // cfg.train.minibatches
@@ -429,7 +450,8 @@ def run_updates(run: RLRun, state: steps.TrainState, batch: dict[str, jax.Array]
         minibatch = run.place.take_rows(batch, idx)
       if cfg.train.packing:
         minibatch = {**minibatch, **packing(run, prompt_N[idx], completion_N[idx], trim)}
-      state, m = run.fns.update(state, minibatch)
+      shared = group_size if epoch == 0 and rows % group_size == 0 else 1
+      state, m = run.fns.update(state, minibatch, group_size=shared)
       metrics.append(m)
   # Replicated scalars: averaged on the host (no extra device computation).
   mean = {k: float(np.mean([np.asarray(m[k]) for m in metrics])) for k in metrics[0]}
@@ -594,7 +616,8 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
       batch = build_batch(run, groups)
       adv = compute_advantages(run, batch)
       logprobs = reference_and_old_logprobs(run, batch, groups, state.params, ref_params)
-      state, updates = run_updates(run, state, update_batch(run, batch, adv, logprobs), key)
+      state, updates = run_updates(run, state, update_batch(run, batch, adv, logprobs), key,
+                                 logprobs.trimmed.group_size)
       ref_params = synced_reference(run, step, state, ref_params)
       metrics = step_metrics(run, groups, batch, adv, updates, step_start)
       last = log_eval_checkpoint(run, out, step, metrics, state, ref_params, stop) or last

@@ -251,7 +251,7 @@ def _stage_fns(cfg, policy: common.Policy, tx, state: steps.TrainState, scorer: 
   sample_inputs = lambda params: (params, None)
   if lora is not None:  # the frozen base is an argument of every call, never donated
     logprobs = (lambda fn: lambda p, t, m, *a, **k: fn(p, lora.frozen, t, m, *a, **k))(logprobs)
-    update = (lambda fn: lambda s, b: fn(s, b, lora.frozen))(update)
+    update = (lambda fn: lambda s, b, **k: fn(s, b, lora.frozen, **k))(update)
     merge = jax.jit(lora.merged)  # for the export
     model_params = lambda params: merge(params, lora.frozen)
     sample_inputs = lambda params: lora.effective(params, lora.frozen)

@@ -2,6 +2,8 @@
 
     logprobs_fn(params, tokens, mask, packing=None)  -> logp [N, C], entropy [N, C]
     update_fn(state, batch)                          -> state, metrics   (state donated)
+Both take a static keyword group_size: rows in groups of that many sharing
+their prompt columns run each prompt once (`completion_logprobs`).
 
 With LoRA (`effective` given), `state.params` are the adapters only and the
 functions take the frozen base as one more argument, never donated:
@@ -29,7 +31,7 @@ import optax
 
 from rlx import losses
 from rlx.models.decoder import positions_from_mask
-from rlx.models.logprobs import token_logprobs
+from rlx.models import logprobs as lp
 
 PACKING_KEYS = ("pack_src", "pack_seg", "unpack")
 
@@ -44,11 +46,14 @@ class TrainState:
 
 def completion_logprobs(graphdef, params, tokens, attn_mask, completion_len: int,
                         temperature: float = 1.0, chunk: int = 0, remat: bool | str = False,
-                        packing: Mapping[str, jax.Array] | None = None, adapters: Any = None):
+                        packing: Mapping[str, jax.Array] | None = None, adapters: Any = None,
+                        group_size: int = 1):
   """Log-probs and entropies [n, C] of the completion tokens, the last
   `completion_len` columns of tokens [n, P + C]; adapters: the decoder's
   `Adapters` (LoRA, an int8 / int4 base).
 
+  group_size G > 1: the rows are n / G groups of G that share their prompt
+  columns, and each prompt runs once (`rlx.models.logprobs.completion_logprobs`).
   packing (`pack_src`, `pack_seg`, `unpack` of rlx/train/layout.py): the model
   runs on the packed rows (segment ids, each sequence's own positions) and the
   results are gathered back to [n, C]; the same values as unpacked.
@@ -58,12 +63,12 @@ def completion_logprobs(graphdef, params, tokens, attn_mask, completion_len: int
     kw["chunk_size"] = chunk
   attn_mask = attn_mask.astype(bool)
   if packing is None:
-    logp, ent = token_logprobs(graphdef, params, tokens, attn_mask, **kw)
-    return logp[:, -completion_len:], ent[:, -completion_len:]
+    return lp.completion_logprobs(graphdef, params, tokens, attn_mask, completion_len,
+                                  group_size=group_size, **kw)
   src_BT = packing["pack_src"]
   live_BT = src_BT >= 0
   take = lambda x_nT: jnp.where(live_BT, x_nT.reshape(-1)[jnp.maximum(src_BT, 0)], 0)
-  logp, ent = token_logprobs(graphdef, params, take(tokens), live_BT,
+  logp, ent = lp.token_logprobs(graphdef, params, take(tokens), live_BT,
                              positions_BT=take(positions_from_mask(attn_mask)),
                              segment_ids_BT=packing["pack_seg"], **kw)
   unpack_nC = packing["unpack"]
@@ -73,33 +78,40 @@ def completion_logprobs(graphdef, params, tokens, attn_mask, completion_len: int
 def make_logprobs_fn(graphdef, prompt_len: int, temperature: float, chunk: int,
                      effective=None):
   """The jitted completion log-probs of (params, tokens, mask[, packing]);
-  completions start at column `prompt_len` (static keyword: a trimmed batch's)."""
-  def fn(params, tokens, attn_mask, packing=None, prompt_len=prompt_len):
+  completions start at column `prompt_len` (static keyword: a trimmed batch's);
+  group_size (static keyword): rows in groups sharing their prompt (see
+  `completion_logprobs`)."""
+  static = ("prompt_len", "group_size")
+
+  def fn(params, tokens, attn_mask, packing=None, prompt_len=prompt_len, group_size=1):
     return completion_logprobs(graphdef, params, tokens, attn_mask,
-                               tokens.shape[1] - prompt_len, temperature, chunk, packing=packing)
+                               tokens.shape[1] - prompt_len, temperature, chunk, packing=packing,
+                               group_size=group_size)
 
   if effective is not None:
-    def lora_fn(adapters, frozen, tokens, attn_mask, packing=None, prompt_len=prompt_len):
+    def lora_fn(adapters, frozen, tokens, attn_mask, packing=None, prompt_len=prompt_len,
+                group_size=1):
       params, ad = effective(adapters, frozen, None)
       return completion_logprobs(graphdef, params, tokens, attn_mask,
                                  tokens.shape[1] - prompt_len, temperature, chunk,
-                                 packing=packing, adapters=ad)
-    return jax.jit(lora_fn, static_argnames=("prompt_len",))
-  return jax.jit(fn, static_argnames=("prompt_len",))
+                                 packing=packing, adapters=ad, group_size=group_size)
+    return jax.jit(lora_fn, static_argnames=static)
+  return jax.jit(fn, static_argnames=static)
 
 
 def make_loss_fn(graphdef, terms: Mapping[str, Any], *, temperature: float, chunk: int,
                  detached_old: bool, max_len: int, num_groups: int | None = None,
                  remat: bool | str = False):
-  """loss_fn(params, batch, adapters=None) -> (loss, metrics) of the configured
-  loss terms (not jitted); adapters: the decoder's `Adapters` (LoRA)."""
+  """loss_fn(params, batch, adapters=None, group_size=1) -> (loss, metrics) of the
+  configured loss terms (not jitted); adapters: the decoder's `Adapters` (LoRA);
+  group_size: rows in groups sharing their prompt (see `completion_logprobs`)."""
   terms = {k: dict(v) for k, v in terms.items()}
 
-  def loss_fn(params, batch, adapters=None):
+  def loss_fn(params, batch, adapters=None, group_size=1):
     packing = {k: batch[k] for k in PACKING_KEYS} if "unpack" in batch else None
     logp, ent = completion_logprobs(graphdef, params, batch["tokens"], batch["attn_mask"],
                                     batch["loss_mask"].shape[1], temperature, chunk, remat,
-                                    packing, adapters)
+                                    packing, adapters, group_size)
     inputs = losses.LossInputs(
         logp_NT=logp, mask_NT=batch["loss_mask"], advantages=batch["adv"],
         old_logp_NT=None if detached_old else batch["old_logp"],
@@ -119,6 +131,8 @@ def make_update_fn(graphdef, tx: optax.GradientTransformation, terms: Mapping[st
                    effective=None):
   """One optimizer update on a minibatch. Skips (keeps the state) if the loss
   or the gradient is not finite, and counts it in `state.skipped`.
+  group_size (static keyword): the minibatch's rows are groups of that many
+  sharing their prompt (see `completion_logprobs`).
 
   `effective(trainable, frozen, step) -> (model params, decoder Adapters)`
   (LoRA): the update takes `frozen` as a third argument and differentiates
@@ -133,12 +147,12 @@ def make_update_fn(graphdef, tx: optax.GradientTransformation, terms: Mapping[st
                          chunk=chunk, detached_old=detached_old, max_len=max_len,
                          num_groups=num_groups, remat=remat)
 
-  def update(state: TrainState, batch, frozen=None):
+  def update(state: TrainState, batch, frozen=None, group_size=1):
     def model_loss(p, b):
       if effective is None:
-        return loss_fn(p, b)
+        return loss_fn(p, b, group_size=group_size)
       params, ad = effective(p, frozen, state.step)
-      return loss_fn(params, b, ad)
+      return loss_fn(params, b, ad, group_size)
     (loss, metrics), grads = jax.value_and_grad(model_loss, has_aux=True)(state.params, batch)
     gnorm = optax.global_norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
@@ -154,4 +168,4 @@ def make_update_fn(graphdef, tx: optax.GradientTransformation, terms: Mapping[st
     metrics = dict(metrics, loss=loss, grad_norm=gnorm, skipped=(~ok).astype(jnp.float32))
     return new_state, metrics
 
-  return jax.jit(update, donate_argnums=(0,))
+  return jax.jit(update, donate_argnums=(0,), static_argnames=("group_size",))
