@@ -327,6 +327,10 @@ class Decoder(nnx.Module):
     # keep where XLA puts them than the fsdp-sharded weights (the [D, V] head above all)
     # a batch split makes it gather at every step.
     rows = cfg.mesh if cache is None else None
+    # The token ids too: left to propagation, a batch that does not split evenly
+    # (a shared-prompt pass's few rows) got a padded split whose embedding-gradient
+    # scatter XLA's SPMD partitioner summed wrongly (on 2x2x2: tests/test_parallel_train.py).
+    tokens_BT = constrain_batch(rows, tokens_BT)
     x_BTD = constrain_batch(rows, jnp.take(self.embed[...], tokens_BT, axis=0).astype(dt))
     sin, cos = rope_sin_cos(positions_BT, cfg)
     kv_mask_BS = kv_mask_BS.astype(bool)
