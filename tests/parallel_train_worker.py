@@ -126,7 +126,7 @@ def pieces(out_path: str, data_path: str) -> None:
         graphdef, tx, cfg.loss.terms, temperature=cfg.sampling.temperature,
         chunk=0, detached_old=True, max_len=cfg.sampling.max_new_tokens, num_groups=B,
         state_shardings=jax.tree.map(lambda x: x.sharding, state))
-    ro = rl._sample(graphdef, params, *place.to_global((ptok, pmask), B), key, settings)
+    ro = rl_setup.sample_jit(graphdef, params, *place.to_global((ptok, pmask), B), key, settings)
     ro_np = place.to_local(ro)
     local = {k: getattr(ro_np, k) for k in ("prompt_tokens", "prompt_mask", "completion_tokens",
                                             "completion_mask", "sample_logprobs",

@@ -12,7 +12,9 @@ each a function from typed inputs to a typed output:
     metrics  = step_metrics(run, groups, batch, adv, updates, t0)
     log_eval_checkpoint(run, out, step, metrics, state, ref_params, stop)
 
-`RLRun` (from `setup_run`) holds what is fixed for a run. Reward functions run
+`RLRun` (from `setup_run`, rlx/train/rl_setup.py) holds what is fixed for a
+run; evaluation, the metrics row, logging and checkpoints (the last line) are
+in rlx/train/rl_outputs.py. Reward functions run
 on the host in threads while the device computes reference log-probs. Every
 jitted function sees global (possibly sharded) arrays; each process feeds,
 decodes and scores only its own rows (see rlx/train/placement.py). Shape
@@ -22,11 +24,7 @@ N = G * R completions, P prompt and C completion tokens, K rewards.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
-import resource
-import signal
-import sys
 import time
 from typing import Any
 
@@ -36,78 +34,14 @@ import numpy as np
 
 from rlx import parallel, sampling
 from rlx.data import tokenize_prompts
-from rlx.models import hf_io
-from rlx.models import lora as lora_lib
 from rlx.train import layout, steps, structured
-from rlx.train.rl_setup import (RLRun, _checkpoint_target, advantage_columns, restore,
-                                reward_columns, setup_run)
+from rlx.train.rl_outputs import (Outputs, _Stop, eval_line, evaluate, finish,
+                                  log_eval_checkpoint, step_metrics)
+from rlx.train.rl_setup import (RLRun, advantage_columns, restore, reward_columns, sample_jit,
+                                setup_run)
 from rlx.train.checkpoint import Checkpointer
-from rlx.train.metrics import MetricsWriter, plot_curves, read_jsonl
+from rlx.train.metrics import MetricsWriter
 from rlx.train.scoring import completion_id_lists
-
-# `sampling.sample` under jit: its host-side prompt check reads the mask, which
-# a multi-process (non process-local) global array does not allow; prompts from
-# `tokenize_prompts` are left-padded by construction.
-_sample = jax.jit(sampling.sample, static_argnames=("graphdef", "settings"))
-
-
-class _Stop:
-  """SIGTERM: finish the current step, save a checkpoint, exit."""
-
-  def __init__(self):
-    self.requested = False
-    self._old = {}
-
-  def __enter__(self):
-    try:
-      self._old[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not in the main thread
-      pass
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    logging.warning("Signal %d: saving a checkpoint and exiting after this step.", signum)
-    self.requested = True
-
-  def __exit__(self, *a):
-    for s, h in self._old.items():
-      signal.signal(s, h)
-
-
-# ---- evaluation -----------------------------------------------------------------
-
-
-def evaluate(run: RLRun, params: Any) -> dict[str, float]:
-  """Mean held-out rewards over `run.eval_rows` (greedy unless config.eval.temperature > 0)."""
-  cfg, place, tok = run.cfg, run.place, run.policy.tokenizer
-  batch_prompts = cfg.eval.batch_prompts
-  rewards, lengths = [], []
-  for start in range(0, len(run.eval_rows), batch_prompts):
-    rows = run.eval_rows[start:start + batch_prompts]
-    n_real = len(rows)
-    rows = rows + [rows[-1]] * (batch_prompts - n_real)  # static shape: pad with repeats
-    mine = place.local_rows(batch_prompts)
-    local = rows[mine]
-    tokens, mask = tokenize_prompts(tok, [r["prompt"] for r in local], cfg.data.max_prompt_len)
-    sample_params, adapters = run.fns.sample_inputs(params)
-    rollout = _sample(run.policy.graphdef, sample_params,
-                      *place.to_global((tokens, mask), batch_prompts),
-                      jax.random.fold_in(run.eval_key, start), run.eval_settings, adapters)
-    rollout = place.to_local(rollout)
-    texts = sampling.decode_completions(tok, rollout)
-    r, _ = run.scorer([r["prompt"] for r in local], texts, reward_columns(local),
-                      completion_ids=completion_id_lists(rollout.completion_tokens,
-                                                         rollout.completion_mask))
-    real = np.arange(mine.start, mine.stop) < n_real
-    rewards.append(place.gather(np.where(real[:, None], r, np.nan)))
-    lengths.append(place.gather(np.where(real, rollout.completion_lengths, -1)))
-  r = np.concatenate(rewards)
-  ln = np.concatenate(lengths)
-  m = {f"eval/{n}": float(np.nanmean(r[:, j])) for j, n in enumerate(run.scorer.names)}
-  m["eval/completion_length"] = float(ln[ln >= 0].mean())
-  return m
-
 
 # ---- stage 1: collect groups (dynamic-sampling top-up) ---------------------------
 
@@ -144,7 +78,7 @@ def _sample_round(run: RLRun, params: Any, ref_params: Any, key: jax.Array, step
   tokens, mask = tokenize_prompts(run.policy.tokenizer, prompts, run.cfg.data.max_prompt_len)
   t = time.time()
   sample_params, adapters = run.fns.sample_inputs(params)
-  rollout = _sample(run.policy.graphdef, sample_params,
+  rollout = sample_jit(run.policy.graphdef, sample_params,
                     *run.place.to_global((tokens, mask), run.num_groups), key,
                     run.sample_settings, adapters)
   ref_logprobs, local = None, run.place.to_local(rollout)
@@ -172,7 +106,7 @@ def _reference_rewards(run: RLRun, ref_params: Any, rows: list[dict], tokens, ma
   """Rewards [local prompts * m, K] of m completions per prompt sampled with the
   reference params (config.advantage.inputs producer reference_samples)."""
   settings = dataclasses.replace(run.sample_settings, group_size=m)
-  rollout = run.place.to_local(_sample(
+  rollout = run.place.to_local(sample_jit(
       run.policy.graphdef, run.fns.model_params(ref_params),
       *run.place.to_global((tokens, mask), run.num_groups), key, settings))
   texts = sampling.decode_completions(run.policy.tokenizer, rollout)
@@ -466,126 +400,6 @@ def synced_reference(run: RLRun, step: int, state: steps.TrainState, ref_params:
   return ref_params
 
 
-# ---- stage 6: metrics, eval, checkpoint -----------------------------------------
-
-
-def _reward_stats(rewards_NK: np.ndarray, valid_N: np.ndarray, names) -> dict[str, float]:
-  m = {}
-  for j, name in enumerate(names):
-    x = rewards_NK[valid_N, j] if valid_N.any() else rewards_NK[:, j]
-    x = x[np.isfinite(x)]
-    m[f"reward/{name}/mean"] = float(x.mean()) if x.size else float("nan")
-    m[f"reward/{name}/std"] = float(x.std()) if x.size else float("nan")
-  return m
-
-
-def step_metrics(run: RLRun, groups: CollectedGroups, batch: StepBatch, adv: Advantages,
-                 updates: UpdateResult, step_start: float) -> dict[str, Any]:
-  """The step's metrics row: rewards, scorer counts, advantages, losses, lengths, times."""
-  place = run.place
-  valid_N = place.gather(batch.local_valid_N)
-  lengths_N = place.gather(batch.local_rollout.completion_lengths)
-  m: dict[str, Any] = _reward_stats(place.gather(batch.local_rewards_NK), valid_N,
-                                    run.scorer.names)
-  m.update(groups.score_metrics)
-  m.update(jax.device_get(adv.diagnostics))
-  m.update(updates.metrics)
-  m["completion/length_mean"] = float(lengths_N.mean())
-  m["completion/length_max"] = float(lengths_N.max())
-  m["completion/truncated"] = float(place.gather(batch.local_rollout.truncated).mean())
-  m["filter/kept_groups"] = float(valid_N.sum() // run.group_size)
-  m["filter/rounds"] = float(groups.rounds)
-  m["time/sample_s"], m["time/score_s"] = groups.sample_s, groups.score_s
-  m["time/update_s"] = updates.seconds
-  m["time/step_s"] = time.time() - step_start
-  m["memory/peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-  m["throughput/tokens_per_s"] = float(lengths_N.sum() * groups.rounds) / max(groups.sample_s,
-                                                                             1e-9)
-  return m
-
-
-@dataclasses.dataclass
-class Outputs:
-  """Where a run writes: metrics, checkpoints, the progress bar."""
-  writer: MetricsWriter
-  ckpt: Checkpointer
-  progress: Any  # tqdm bar or None
-
-  def say(self, line: str) -> None:
-    """One console line (above the progress bar, which stays intact)."""
-    if self.progress is not None:
-      self.progress.write(line, file=sys.stderr)
-    elif jax.process_index() == 0:
-      logging.info("%s", line)
-
-  def close(self) -> None:
-    self.ckpt.close()
-    if self.progress is not None:
-      self.progress.close()
-    self.writer.close()
-
-
-def log_eval_checkpoint(run: RLRun, out: Outputs, step: int, m: dict[str, Any],
-                        state: steps.TrainState, ref_params: Any, stop: _Stop) -> dict[str, float]:
-  """After `step`: eval if due, write the metrics row if due, advance the
-  progress bar, checkpoint if due. Returns the row written (or {})."""
-  cfg = run.cfg
-  done = step + 1 == cfg.train.steps
-  if cfg.train.eval_every and ((step + 1) % cfg.train.eval_every == 0 or done):
-    m.update(evaluate(run, state.params))
-    out.say(eval_line(step + 1, m, run.scorer.names))
-  row = {}
-  if (step + 1) % cfg.train.log_every == 0 or done or any(k.startswith("eval/") for k in m):
-    row = out.writer.write(step + 1, m)
-  if out.progress is not None:
-    out.progress.update(1)
-    out.progress.set_postfix({n[:12]: f"{m[f'reward/{n}/mean']:.3f}" for n in run.scorer.names},
-                             refresh=False)
-  if (cfg.train.ckpt_every and (step + 1) % cfg.train.ckpt_every == 0) or done or stop.requested:
-    out.ckpt.save(step + 1, _checkpoint_target(run, state, ref_params), run.prompts.get_state(),
-                  {"step": step + 1})
-  return row
-
-
-def finish(run: RLRun, workdir: str, out: Outputs, state: steps.TrainState,
-           stopped: bool, seconds: float) -> None:
-  """Closes the outputs; unless stopped, exports the policy and plots the curves."""
-  cfg = run.cfg
-  out.close()
-  run.scorer.close()
-  export = cfg.train.export_hf and not stopped
-  # Every process takes part in gathering the sharded params; process 0 writes.
-  host_params = run.place.fetch(run.fns.model_params(state.params)) if export else None
-  adapters = run.place.fetch(state.params) if export and run.lora is not None else None
-  if jax.process_index() == 0 and not stopped:
-    if export:
-      hf_io.save_hf(os.path.join(workdir, "hf"), run.policy.cfg, host_params,
-                    tokenizer=run.policy.tokenizer)  # LoRA: the merged model
-      if adapters is not None:
-        lora_lib.export_peft(os.path.join(workdir, "peft"), run.policy.cfg, run.lora.spec,
-                             adapters, base_model_name_or_path=cfg.model.checkpoint)
-    names = run.scorer.names
-    keys = ([f"reward/{n}/mean" for n in names] + [f"eval/{n}" for n in names]
-            + ["completion/length_mean", "loss"])
-    plot_curves(read_jsonl(out.writer.path), keys, os.path.join(workdir, "rewards.png"),
-                title=f"{cfg.advantage.estimator} on {cfg.data.task}")
-  if stopped:
-    logging.warning("RL stopped by a signal after %.1f s; the checkpoint in %s resumes it.",
-                    seconds, workdir)
-  elif jax.process_index() == 0:
-    written = [out.writer.path, os.path.join(workdir, "rewards.png"), os.path.join(workdir, "tb")]
-    if export:
-      written.append(os.path.join(workdir, "hf"))
-    logging.info("RL finished in %.1f s; wrote %s", seconds, ", ".join(written))
-
-
-def eval_line(step: int, m: dict[str, Any], names) -> str:
-  """'eval at step 20: format 0.500, correct 0.223, completion length 54.1'."""
-  parts = [f"{n} {m[f'eval/{n}']:.3f}" for n in names]
-  return (f"eval at step {step}: {', '.join(parts)}, "
-          f"completion length {m['eval/completion_length']:.1f}")
-
-
 # ---- the loop -------------------------------------------------------------------
 
 
@@ -617,7 +431,7 @@ def train_rl(cfg, workdir: str, *, init_checkpoint: str | None = None) -> dict[s
       adv = compute_advantages(run, batch)
       logprobs = reference_and_old_logprobs(run, batch, groups, state.params, ref_params)
       state, updates = run_updates(run, state, update_batch(run, batch, adv, logprobs), key,
-                                 logprobs.trimmed.group_size)
+                                   logprobs.trimmed.group_size)
       ref_params = synced_reference(run, step, state, ref_params)
       metrics = step_metrics(run, groups, batch, adv, updates, step_start)
       last = log_eval_checkpoint(run, out, step, metrics, state, ref_params, stop) or last

@@ -27,6 +27,11 @@ from rlx.train.optim import make_optimizer
 from rlx.train.placement import Placement
 from rlx.train.scoring import Scorer, build_rewards
 
+# `sampling.sample` under jit: its host-side prompt check reads the mask, which
+# a multi-process (non process-local) global array does not allow; prompts from
+# `tokenize_prompts` are left-padded by construction.
+sample_jit = jax.jit(sampling.sample, static_argnames=("graphdef", "settings"))
+
 
 def _settings(cfg, *, eval_mode: bool, tokenizer) -> sampling.SamplingSettings:
   s = cfg.sampling

@@ -1,0 +1,87 @@
+"""Where workload W's reference + update time goes; prints ONE JSON line.
+
+    python bench/update_parts.py [--repeats 7]
+
+W's model (docs/bench.md: Qwen2, vocab 4096, hidden 256, 4 layers, tied,
+float32, random init) on W's batch (8 prompts of 32 tokens x 8 completions of
+64), each piece jitted alone, median milliseconds:
+
+  {remat}/G{g}/ref_ms   completion log-probs (the reference pass);
+  {remat}/G{g}/grad_ms  value_and_grad of sum(advantage * log-prob) (the update's
+                        model work, without loss terms and optimizer);
+  head_ms, head_grad_ms the LM head's chunked log-softmax alone (chunk 32),
+                        forward and forward + backward;
+
+for remat in full / dots / none and g = 1 (every row runs its prompt) or 8
+(train.share_prompts: each group's prompt runs once). `matmul_fp32_gflops` is
+this host's large-matmul rate in the same run (bench/host.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from host import matmul_gflops  # noqa: E402
+
+
+def median_ms(f, *args, repeats: int) -> float:
+  import jax
+  import numpy as np
+  jax.block_until_ready(f(*args))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(*args))
+    times.append(time.perf_counter() - t0)
+  return round(float(np.median(times)) * 1e3, 1)
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+  ap.add_argument("--repeats", type=int, default=7)
+  args = ap.parse_args()
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from rlx import models
+  from rlx.models import logprobs as lpm
+
+  cfg = models.ModelConfig.for_family(
+      "qwen2", vocab_size=4096, hidden_size=256, intermediate_size=1024, num_layers=4,
+      num_heads=4, num_kv_heads=2, tie_word_embeddings=True)
+  _, params = models.init_model(cfg, jax.random.PRNGKey(0))
+  n, p, c, g = 64, 32, 64, 8
+  rng = np.random.default_rng(0)
+  prompts = np.repeat(rng.integers(2, 4096, (n // g, p)), g, axis=0)
+  tokens = jnp.asarray(np.concatenate([prompts, rng.integers(2, 4096, (n, c))], 1), jnp.int32)
+  mask = jnp.ones((n, p + c), bool)
+  adv = jnp.asarray(rng.standard_normal((n, c)), jnp.float32)
+  out = {"bench": "update_parts", "backend": jax.default_backend(),
+         "matmul_fp32_gflops": round(matmul_gflops(), 1)}
+  for remat in ("full", "dots", "none"):
+    _, gd = models.with_attention(cfg, remat=remat)
+    for share in (1, g):
+      def logp(params, share=share, gd=gd, remat=remat):
+        return lpm.completion_logprobs(gd, params, tokens, mask, c, group_size=share,
+                                       chunk_size=32, remat=remat)[0]
+      grad = jax.jit(jax.value_and_grad(lambda params, f=logp: jnp.sum(f(params) * adv)))
+      out[f"{remat}/G{share}/ref_ms"] = median_ms(jax.jit(logp), params, repeats=args.repeats)
+      out[f"{remat}/G{share}/grad_ms"] = median_ms(grad, params, repeats=args.repeats)
+  embed = params["embed"][...]
+  hidden = jax.random.normal(jax.random.PRNGKey(1), (n, c, 256))
+  targets = tokens[:, p:]
+  head = lambda e: lambda h: jax.lax.dot_general(
+      h, e, (((2,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+  head_lp = lambda h, e: jnp.sum(lpm.head_logprobs(head(e), h, targets, 32)[0])
+  out["head_ms"] = median_ms(jax.jit(head_lp), hidden, embed, repeats=args.repeats)
+  out["head_grad_ms"] = median_ms(jax.jit(jax.grad(head_lp, argnums=(0, 1))), hidden, embed,
+                                  repeats=args.repeats)
+  print(json.dumps(out))
+
+
+if __name__ == "__main__":
+  main()
