@@ -52,7 +52,7 @@ def main():
 
   cfg = models.ModelConfig.for_family(
       "qwen2", vocab_size=4096, hidden_size=256, intermediate_size=1024, num_layers=4,
-      num_heads=4, num_kv_heads=2, tie_word_embeddings=True)
+      num_heads=4, num_kv_heads=2, head_dim=64, tie_word_embeddings=True)
   _, params = models.init_model(cfg, jax.random.PRNGKey(0))
   n, p, c, g = 64, 32, 64, 8
   rng = np.random.default_rng(0)

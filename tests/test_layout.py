@@ -117,7 +117,7 @@ def test_pack_places_every_sequence_once_in_its_own_segment():
 
 @pytest.mark.parametrize("attention,token_adv,packing,shared", [
     ("dense", False, False, False), ("blockwise", True, True, False),
-    ("dense", True, False, True), ("blockwise", False, False, True)])
+    ("blockwise", True, False, True)])
 def test_trimmed_and_packed_loss_and_grads_equal_padded(attention, token_adv, packing, shared):
   """shared: groups of 3 rows with one prompt, run once per group (train.share_prompts)."""
   graphdef, params = _model(attention)

@@ -125,23 +125,21 @@ def test_logprobs_from_logits_closed_form():
   np.testing.assert_allclose(ent, [[np.log(3)]], rtol=1e-5)
 
 
-@pytest.mark.parametrize("family,attention", [("qwen2", "dense"), ("qwen3", "blockwise")])
-def test_shared_prompt_logprobs_and_grads_equal_unshared(family, attention):
+def test_shared_prompt_logprobs_and_grads_equal_unshared():
   """completion_logprobs with group_size G (each group's prompt runs once, its keys and
   values shared; train.share_prompts) = G 1 = token_logprobs' last C columns, on values,
-  entropies and gradients; left-padded prompts, right-padded completions, GQA, q/k norm
-  or qkv bias, tied head, remat."""
+  entropies and gradients: left-padded prompts, right-padded completions, GQA, q/k
+  norm, tied head, remat, blockwise attention with blocks that cut the prefix."""
   from rlx import models
   from rlx.models.logprobs import completion_logprobs
-  arch = "Qwen3ForCausalLM" if family == "qwen3" else "Qwen2ForCausalLM"
   cfg = models.ModelConfig.from_hf(dict(
-      model_type=family, architectures=[arch], vocab_size=64, hidden_size=32,
-      intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+      model_type="qwen3", architectures=["Qwen3ForCausalLM"], vocab_size=64, hidden_size=32,
+      intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
       head_dim=8, max_position_embeddings=128, tie_word_embeddings=True))
   _, params = models.init_model(cfg, jax.random.PRNGKey(0))
   params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(3), x.shape),
                         params)
-  _, gd = models.with_attention(cfg, attention=attention, attention_block_q=4,
+  _, gd = models.with_attention(cfg, attention="blockwise", attention_block_q=4,
                                 attention_block_kv=4)
   P, C, U, G = 9, 7, 3, 4
   rng = np.random.default_rng(0)
@@ -152,14 +150,16 @@ def test_shared_prompt_logprobs_and_grads_equal_unshared(family, attention):
   mask = np.concatenate([pmask, cmask], 1)
   adv = rng.standard_normal((U * G, C)).astype(np.float32)
 
-  def loss(p, g):
-    logp, ent = completion_logprobs(gd, p, tokens, mask, C, group_size=g, chunk_size=3,
-                                    remat="full")
-    return jnp.sum(logp * adv) + 0.1 * jnp.sum(ent), (logp, ent)
-  vg = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
-  (l1, (lp1, e1)), g1 = vg(params, 1)
-  (lg, (lpg, eg)), gg = vg(params, G)
-  full = token_logprobs(gd, params, tokens, mask)[0][:, -C:]
+  @jax.jit
+  def run(p):
+    def loss(p, g):
+      logp, ent = completion_logprobs(gd, p, tokens, mask, C, group_size=g, chunk_size=3,
+                                      remat="full")
+      return jnp.sum(logp * adv) + 0.1 * jnp.sum(ent), (logp, ent)
+    one = jax.value_and_grad(loss, has_aux=True)(p, 1)
+    shared = jax.value_and_grad(loss, has_aux=True)(p, G)
+    return one, shared, token_logprobs(gd, p, tokens, mask)[0][:, -C:]
+  ((l1, (lp1, e1)), g1), ((lg, (lpg, eg)), gg), full = run(params)
   np.testing.assert_allclose(lp1, full, atol=1e-5)
   np.testing.assert_allclose(lpg, lp1, atol=1e-5)
   np.testing.assert_allclose(eg, e1, atol=1e-5)
@@ -167,17 +167,20 @@ def test_shared_prompt_logprobs_and_grads_equal_unshared(family, attention):
   np.testing.assert_allclose(lg, l1, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(gg), jax.tree.leaves(g1)):
     assert np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(b).max()), a.shape
+
   # The decoder's prefix also runs with per-layer params (the sampler's layout).
-  positions = models.positions_from_mask(mask)
-  hid, kv = models.forward(gd, params, tokens[::G, :P], positions[::G, :P], mask[::G, :P],
+  @jax.jit
+  def forwards(p):
+    positions = models.positions_from_mask(mask)
+    _, kv = models.forward(gd, p, tokens[::G, :P], positions[::G, :P], mask[::G, :P],
                            return_hidden=True, return_kv=True)
-  layers = models.unstack_layers(cfg, params)
-  a = models.forward(gd, params, tokens[:, P:], positions[:, P:], mask, prefix=kv)[0]
-  b = models.forward(gd, params, tokens[:, P:], positions[:, P:], mask, prefix=kv,
-                     layers=layers)[0]
-  ref = models.forward(gd, params, tokens, positions, mask)[0][:, P:]
+    tail = (tokens[:, P:], positions[:, P:], mask)
+    return (models.forward(gd, p, *tail, prefix=kv)[0],
+            models.forward(gd, p, *tail, prefix=kv, layers=models.unstack_layers(cfg, p))[0],
+            models.forward(gd, p, tokens, positions, mask)[0][:, P:], kv)
+  a, b, ref, kv = forwards(params)
   live = mask[:, P:]
   np.testing.assert_allclose(np.asarray(a)[live], np.asarray(ref)[live], atol=1e-5)
   np.testing.assert_allclose(np.asarray(b)[live], np.asarray(ref)[live], atol=1e-5)
   with pytest.raises(ValueError, match="multiple of 3"):
-    models.forward(gd, params, tokens[:4, P:], positions[:4, P:], mask[:4], prefix=kv)
+    models.forward(gd, params, tokens[:4, P:], tokens[:4, P:], mask[:4], prefix=kv)

@@ -77,7 +77,7 @@ def _tiny(name):
 @pytest.mark.parametrize("chunk", range(len(CHUNKS)))
 def test_every_method_runs_two_steps_from_its_config(tmp_path, monkeypatch, chunk):
   from rlx.main import run
-  monkeypatch.setattr("rlx.train.rl.plot_curves", lambda *a, **k: None)  # 1-3 s a run
+  monkeypatch.setattr("rlx.train.rl_outputs.plot_curves", lambda *a, **k: None)  # 1-3 s a run
   from rlx.train.metrics import read_jsonl
   for name in CHUNKS[chunk]:
     run(_tiny(name), str(tmp_path / name))
