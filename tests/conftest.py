@@ -1,5 +1,6 @@
 """Loads the hypothesis profile (tests/hyp.py) before any test module is imported,
-and gives the whole session one persistent XLA compilation cache.
+gives the whole session one persistent XLA compilation cache, and runs the long
+tests first.
 
 The cache: many tests run `rlx.main` or a worker in subprocesses (kill and
 resume, meshes, CLI runs) that compile the same jitted steps again, and the two
@@ -30,3 +31,15 @@ def pytest_unconfigure(config):
   del config
   if _OWN_CACHE is not None:
     shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
+
+# Tests that start JAX subprocesses or compile a real model's steps go first: under
+# `pytest -n 2` the many short tests then fill the end instead of one worker idling
+# while the other finishes a long one.
+_LONG_FIRST = ("test_parallel_train.py", "test_real_models.py", "test_lora.py::test_lora_rl",
+               "test_methods_e2e.py", "test_train.py", "test_plan.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+  del session, config
+  items.sort(key=lambda item: not any(k in item.nodeid for k in _LONG_FIRST))  # stable

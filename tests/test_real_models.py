@@ -112,8 +112,8 @@ def test_logits_and_greedy_tokens_match_transformers(smollm2):
 def test_two_rl_steps_on_bfcl(smollm2, tmp_path):
   wd = str(tmp_path / "run")
   cmd = [sys.executable, "-m", "rlx.main",
-         f"--config={ROOT}/configs/real_bfcl.py:model={smollm2},steps=2,prompts=2,group=2,"
-         "new_tokens=24,num_eval=2,eval_every=2,prompt_len=320,lr=1e-5",
+         f"--config={ROOT}/configs/real_bfcl.py:model={smollm2},steps=1,prompts=2,group=2,"
+         "new_tokens=24,num_eval=2,eval_every=1,prompt_len=320,lr=1e-5",
          f"--workdir={wd}", "--config.train.progress=False", "--config.train.export_hf=False",
          "--config.eval.batch_prompts=2",
          "--config.train.prompt_buckets=(320,)"]  # one bucket: each step compiles once
@@ -121,7 +121,7 @@ def test_two_rl_steps_on_bfcl(smollm2, tmp_path):
   p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
   assert p.returncode == 0, p.stderr[-3000:]
   rows = [json.loads(l) for l in open(os.path.join(wd, "metrics.jsonl"))]
-  assert [r["step"] for r in rows] == [0, 1, 2]
+  assert [r["step"] for r in rows] == [0, 1]
   first = rows[0]
   assert first["data/rows"] == 600 and first["data/skipped"] == 0
   assert first["data/train/rows"] + first["data/train/too_long"] > 400
@@ -130,7 +130,7 @@ def test_two_rl_steps_on_bfcl(smollm2, tmp_path):
     for k in ("format", "correct"):
       assert 0.0 <= r[f"reward/{k}/mean"] <= 1.0
     assert np.isfinite(r["loss"]) and r["completion/length_max"] <= 24
-  assert {"eval/format", "eval/correct"} <= set(rows[2])
+  assert {"eval/format", "eval/correct"} <= set(rows[1])
 
 
 def test_sft_pairs_on_bfcl_are_train_ground_truth_within_prompt_len(smollm2):

@@ -474,29 +474,11 @@ def train_reward_model(cfg, workdir: str) -> dict[str, Any]:
   main = jax.process_index() == 0
   train_rows, eval_rows = load_preference_rows(cfg, rm)
   mcfg, graphdef, params, tok = init_reward_model(cfg, workdir, num_labels(rm))
-  if rm["loss"] in ("bradley_terry", "ordinal"):
-    n_tie = sum(r["tie"] for r in train_rows)
-    if n_tie:
-      logging.warning("%s ignores %d tie row(s) (use rm.loss=soli_tie).", rm["loss"], n_tie)
-  length = min(int(rm["max_len"]), -(-_longest(tok, train_rows + eval_rows, rm) // 8) * 8)
-  pad_id = int(mcfg.pad_token_id)
-  enc = lambda rows: encode_rows(tok, rows, length, pad_id, rm)
-  train_data, eval_data = enc(train_rows), enc(eval_rows)
+  train_data, eval_data = _encoded(rm, tok, mcfg, train_rows, eval_rows)
   steps, bs = int(cfg.train.steps), int(cfg.train.batch_prompts)
   tx = make_optimizer(cfg.optim, steps)
   opt_state = tx.init(params)
-
-  def loss_fn(p, batch):
-    return rm_loss(batch_scores(graphdef, p, batch, rm), batch, rm)
-
-  @jax.jit
-  def update(p, o, batch):
-    (loss, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(p, batch)
-    u, o = tx.update(g, o, p)
-    return optax.apply_updates(p, u), o, dict(metrics, loss=loss,
-                                              grad_norm=optax.tree.norm(g))
-
-  score_fn = jax.jit(lambda p, batch: batch_scores(graphdef, p, batch, rm))
+  update, score_fn = _rm_steps(graphdef, tx, rm)
 
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_checkpoints)
   start = ckpt.latest_step() or 0
@@ -542,6 +524,45 @@ def train_reward_model(cfg, workdir: str) -> dict[str, Any]:
   ckpt.close()
   if progress is not None:
     progress.close()
+  result = {"steps": steps, "loss": rm["loss"], "num_train_rows": n_train,
+            "seconds": time.time() - t0, **last_eval}
+  return _finish(cfg, workdir, rm, (mcfg, params, tok), writer, result)
+
+
+def _encoded(rm: dict[str, Any], tok, mcfg, train_rows: list[dict], eval_rows: list[dict]):
+  """(train, eval) arrays of the preference rows, padded to the longest row rounded
+  up to 8 (at most rm.max_len); warns about tie rows a loss ignores."""
+  if rm["loss"] in ("bradley_terry", "ordinal"):
+    n_tie = sum(r["tie"] for r in train_rows)
+    if n_tie:
+      logging.warning("%s ignores %d tie row(s) (use rm.loss=soli_tie).", rm["loss"], n_tie)
+  length = min(int(rm["max_len"]), -(-_longest(tok, train_rows + eval_rows, rm) // 8) * 8)
+  enc = lambda rows: encode_rows(tok, rows, length, int(mcfg.pad_token_id), rm)
+  return enc(train_rows), enc(eval_rows)
+
+
+def _rm_steps(graphdef, tx: optax.GradientTransformation, rm: dict[str, Any]):
+  """(update(params, opt_state, batch) -> (params, opt_state, metrics), score(params,
+  batch) -> scores), both jitted."""
+  def loss_fn(p, batch):
+    return rm_loss(batch_scores(graphdef, p, batch, rm), batch, rm)
+
+  @jax.jit
+  def update(p, o, batch):
+    (loss, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(p, batch)
+    u, o = tx.update(g, o, p)
+    return optax.apply_updates(p, u), o, dict(metrics, loss=loss,
+                                              grad_norm=optax.tree.norm(g))
+
+  return update, jax.jit(lambda p, batch: batch_scores(graphdef, p, batch, rm))
+
+
+def _finish(cfg, workdir: str, rm: dict[str, Any], model, writer: MetricsWriter,
+            result: dict[str, Any]) -> dict[str, Any]:
+  """Exports the model (config.train.export_hf), plots the curves, writes the result
+  file and returns the result with its 'hf' dir ('' without an export)."""
+  mcfg, params, tok = model
+  main = jax.process_index() == 0
   out_dir = ""
   if cfg.train.export_hf:
     out_dir = os.path.join(workdir, "hf")
@@ -550,15 +571,14 @@ def train_reward_model(cfg, workdir: str) -> dict[str, Any]:
                           append_eos=rm["append_eos"], max_len=int(rm["max_len"]),
                           head=reward_head(rm), loss=rm["loss"],
                           labels=list(rm["attributes"]))
-  result = {"hf": out_dir, "steps": steps, "loss": rm["loss"], "num_train_rows": n_train,
-            "seconds": time.time() - t0, **last_eval}
+  result = {"hf": out_dir, **result}
   if main and os.path.exists(writer.path):  # steps=0 writes no metrics
     plot_curves(read_jsonl(writer.path), ["rm/loss", "rm/accuracy", "eval/accuracy"],
                 os.path.join(workdir, "reward_model.png"))
-    common.save_json(result_path, result)
+    common.save_json(os.path.join(workdir, RESULT_FILE), result)
   writer.close()
   logging.info("Reward model: eval accuracy %s after %d steps (%.1f s) -> %s",
-               last_eval.get("eval/accuracy"), steps, time.time() - t0, out_dir)
+               result.get("eval/accuracy"), result["steps"], result["seconds"], out_dir)
   return result
 
 
