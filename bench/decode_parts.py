@@ -26,22 +26,9 @@ import functools
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from host import matmul_gflops  # noqa: E402
-
-
-def median_ms(f, *args, repeats: int) -> float:
-  import jax
-  import numpy as np
-  jax.block_until_ready(f(*args))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(*args))
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times) * 1e3)
+from host import matmul_gflops, median_ms  # noqa: E402
 
 
 def main():

@@ -40,3 +40,19 @@ def model_flops(num_params: int, tokens: int, *, backward: bool = False, layers:
 def utilization(flops: float, seconds: float, gflops: float) -> float:
   """Share of the measured matmul rate that `flops` in `seconds` achieve."""
   return flops / max(seconds, 1e-12) / 1e9 / gflops
+
+
+def median_ms(f, *args, repeats: int) -> float:
+  """Median wall milliseconds of `repeats` calls of f(*args) after one warm-up call
+  (which compiles); results waited for with jax.block_until_ready."""
+  import time
+
+  import jax
+  import numpy as np
+  jax.block_until_ready(f(*args))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(*args))
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times) * 1e3)

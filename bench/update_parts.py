@@ -22,22 +22,9 @@ import argparse
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from host import matmul_gflops  # noqa: E402
-
-
-def median_ms(f, *args, repeats: int) -> float:
-  import jax
-  import numpy as np
-  jax.block_until_ready(f(*args))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(*args))
-    times.append(time.perf_counter() - t0)
-  return round(float(np.median(times)) * 1e3, 1)
+from host import matmul_gflops, median_ms  # noqa: E402
 
 
 def main():
@@ -69,17 +56,18 @@ def main():
         return lpm.completion_logprobs(gd, params, tokens, mask, c, group_size=share,
                                        chunk_size=32, remat=remat)[0]
       grad = jax.jit(jax.value_and_grad(lambda params, f=logp: jnp.sum(f(params) * adv)))
-      out[f"{remat}/G{share}/ref_ms"] = median_ms(jax.jit(logp), params, repeats=args.repeats)
-      out[f"{remat}/G{share}/grad_ms"] = median_ms(grad, params, repeats=args.repeats)
+      out[f"{remat}/G{share}/ref_ms"] = round(median_ms(jax.jit(logp), params,
+                                                        repeats=args.repeats), 1)
+      out[f"{remat}/G{share}/grad_ms"] = round(median_ms(grad, params, repeats=args.repeats), 1)
   embed = params["embed"][...]
   hidden = jax.random.normal(jax.random.PRNGKey(1), (n, c, 256))
   targets = tokens[:, p:]
   head = lambda e: lambda h: jax.lax.dot_general(
       h, e, (((2,), (1,)), ((), ())), preferred_element_type=jnp.float32)
   head_lp = lambda h, e: jnp.sum(lpm.head_logprobs(head(e), h, targets, 32)[0])
-  out["head_ms"] = median_ms(jax.jit(head_lp), hidden, embed, repeats=args.repeats)
-  out["head_grad_ms"] = median_ms(jax.jit(jax.grad(head_lp, argnums=(0, 1))), hidden, embed,
-                                  repeats=args.repeats)
+  out["head_ms"] = round(median_ms(jax.jit(head_lp), hidden, embed, repeats=args.repeats), 1)
+  out["head_grad_ms"] = round(median_ms(jax.jit(jax.grad(head_lp, argnums=(0, 1))), hidden,
+                                        embed, repeats=args.repeats), 1)
   print(json.dumps(out))
 
 
