@@ -15,6 +15,12 @@ float32, random init) on W's batch (8 prompts of 32 tokens x 8 completions of
 for remat in full / dots / none and g = 1 (every row runs its prompt) or 8
 (train.share_prompts: each group's prompt runs once). `matmul_fp32_gflops` is
 this host's large-matmul rate in the same run (bench/host.py).
+
+    python bench/update_parts.py --shape bfcl
+
+the same pieces (remat full only, no head parts) at a tool-calling shape:
+SmolLM2-135M's (workload R's, random init, fp32), 2 prompts of 320 tokens x 4
+completions of 96 (the real-model BFCL runs' lengths), g = 1 or 4.
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ from host import matmul_gflops, median_ms  # noqa: E402
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
   ap.add_argument("--repeats", type=int, default=7)
+  ap.add_argument("--shape", choices=("W", "bfcl"), default="W")
   args = ap.parse_args()
   import jax
   import jax.numpy as jnp
@@ -37,19 +44,26 @@ def main():
   from rlx import models
   from rlx.models import logprobs as lpm
 
-  cfg = models.ModelConfig.for_family(
-      "qwen2", vocab_size=4096, hidden_size=256, intermediate_size=1024, num_layers=4,
-      num_heads=4, num_kv_heads=2, head_dim=64, tie_word_embeddings=True)
+  if args.shape == "W":
+    cfg = models.ModelConfig.for_family(
+        "qwen2", vocab_size=4096, hidden_size=256, intermediate_size=1024, num_layers=4,
+        num_heads=4, num_kv_heads=2, head_dim=64, tie_word_embeddings=True)
+    n, p, c, g, remats = 64, 32, 64, 8, ("full", "dots", "none")
+  else:
+    cfg = models.ModelConfig.for_family(
+        "llama", vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30,
+        num_heads=9, num_kv_heads=3, head_dim=64, rope_theta=100000.0, tie_word_embeddings=True)
+    n, p, c, g, remats = 8, 320, 96, 4, ("full",)
   _, params = models.init_model(cfg, jax.random.PRNGKey(0))
-  n, p, c, g = 64, 32, 64, 8
+  V = cfg.vocab_size
   rng = np.random.default_rng(0)
-  prompts = np.repeat(rng.integers(2, 4096, (n // g, p)), g, axis=0)
-  tokens = jnp.asarray(np.concatenate([prompts, rng.integers(2, 4096, (n, c))], 1), jnp.int32)
+  prompts = np.repeat(rng.integers(2, V, (n // g, p)), g, axis=0)
+  tokens = jnp.asarray(np.concatenate([prompts, rng.integers(2, V, (n, c))], 1), jnp.int32)
   mask = jnp.ones((n, p + c), bool)
   adv = jnp.asarray(rng.standard_normal((n, c)), jnp.float32)
-  out = {"bench": "update_parts", "backend": jax.default_backend(),
+  out = {"bench": "update_parts", "shape": args.shape, "backend": jax.default_backend(),
          "matmul_fp32_gflops": round(matmul_gflops(), 1)}
-  for remat in ("full", "dots", "none"):
+  for remat in remats:
     _, gd = models.with_attention(cfg, remat=remat)
     for share in (1, g):
       def logp(params, share=share, gd=gd, remat=remat):
@@ -59,6 +73,9 @@ def main():
       out[f"{remat}/G{share}/ref_ms"] = round(median_ms(jax.jit(logp), params,
                                                         repeats=args.repeats), 1)
       out[f"{remat}/G{share}/grad_ms"] = round(median_ms(grad, params, repeats=args.repeats), 1)
+  if args.shape != "W":
+    print(json.dumps(out))
+    return
   embed = params["embed"][...]
   hidden = jax.random.normal(jax.random.PRNGKey(1), (n, c, 256))
   targets = tokens[:, p:]
