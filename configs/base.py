@@ -142,7 +142,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.train.packing = False
   # The G completions of a group share their prompt: the reference, old log-prob
   # and update passes run each prompt once and its keys/values serve the group
-  # (same values up to float rounding; off with packing, which it replaces).
+  # (same values up to float rounding; rlx.models.logprobs.completion_logprobs).
+  # Not combined with packing: with train.packing on, packing is used instead.
   c.train.share_prompts = True
   c.train.log_every = 1
   c.train.eval_every = 25
