@@ -41,11 +41,11 @@ Logical axis names: 'vocab', 'embed', 'heads', 'kv_heads', 'head_dim', 'mlp',
 """
 from rlx.models.config import (CAUSAL_LM_ARCHITECTURES, FAMILIES, SEQ_CLS_ARCHITECTURES,
                                SUPPORTED_ARCHITECTURES, ModelConfig)
-from rlx.models.decoder import (CACHE_AXES, Adapters, Decoder, abstract_model, attend, cache_length,
-                                config_of, forward, grow_cache, head_matrix, init_cache,
-                                init_layer_caches, init_model, lm_head, logical_axes,
-                                num_params, param_specs, positions_from_mask, unstack_layers,
-                                with_attention)
+from rlx.models.decoder import (Adapters, Decoder, abstract_model, attend, config_of, forward,
+                                head_matrix, init_model, lm_head, logical_axes, num_params,
+                                param_specs, positions_from_mask, unstack_layers, with_attention)
+from rlx.models.kv_cache import (CACHE_AXES, cache_length, grow_cache, init_cache,
+                                 init_layer_caches)
 from rlx.models.hf_io import load_hf, load_tokenizer, save_hf
 from rlx.models.logprobs import logprobs_from_logits, sequence_logprob, token_logprobs
 from rlx.models.sharding import ModelMesh

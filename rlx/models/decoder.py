@@ -29,8 +29,8 @@ The layer math (`_layer`: norms, projections, RoPE, `attend`, MLP) and the
 head (`_head_logits`) exist once here; training, reference and reward models
 run them through `forward`, and so does the sampler (rlx.sampling), with the
 per-layer options of `forward(layers=unstack_layers(...))`.
-KV caches: stacked {'k', 'v'}: [L, B, S, J, E] (CACHE_AXES, `init_cache`), or
-per layer (`init_layer_caches`, see `_write_cache`).
+KV caches (rlx/models/kv_cache.py): stacked {'k', 'v'}: [L, B, S, J, E]
+(CACHE_AXES, `init_cache`), or per layer (`init_layer_caches`).
 """
 from __future__ import annotations
 
@@ -46,9 +46,9 @@ from flax import nnx
 from rlx.models.attention import attention, resolve
 from rlx.models.config import ModelConfig
 from rlx.models.projections import Adapters, _adapted_proj
+from rlx.models.kv_cache import cache_length, write_cache
 from rlx.models.sharding import constrain_batch
 
-CACHE_AXES = ("layers", "batch", "cache_seq", "kv_heads", "head_dim")
 
 
 def _param(value: jax.Array, axes: tuple[str | None, ...]) -> nnx.Param:
@@ -164,7 +164,7 @@ def attend(cfg: ModelConfig, q_BTHE: jax.Array, k_BSJE: jax.Array, v_BSJE: jax.A
   blockwise: a T or S longer than its block and not a multiple of it is
   padded up to one (padded keys masked, padded queries dropped), so any block
   size fits every length (the sampler's cache is P + C - 1 slots, and its
-  decode segments grow it). The KV-cache layouts of `_write_cache` read in
+  decode segments grow it). The KV-cache layouts of `rlx.models.kv_cache.write_cache` read in
   place here: XLA cancels their transposes against the ones in the dense core.
   """
   dt = q_BTHE.dtype
@@ -193,33 +193,6 @@ def attend(cfg: ModelConfig, q_BTHE: jax.Array, k_BSJE: jax.Array, v_BSJE: jax.A
   return out_BTHE[:, :T]
 
 
-def _write_cache(cache: dict[str, jax.Array], k_BTJE: jax.Array, v_BTJE: jax.Array,
-                 index: jax.Array, layer: jax.Array | None):
-  """Writes T new keys/values at slots [index, index + T) of one layer's cache.
-
-  Returns (cache, k_BSJE, v_BSJE), the last two views of the whole cache.
-  layer given: the stacked cache [L, B, S, J, E] (CACHE_AXES) carried through
-  the layer scan. layer None: one layer's own cache (`init_layer_caches`),
-  keys [B, J, E, S] and values [B, J, S, E], the operand layouts of the score
-  and weighted-sum matmuls, so a decode step reads the cache in place (a
-  [B, S, J, E] cache is transposed, i.e. copied, at every step on XLA:CPU).
-  """
-  k_BTJE, v_BTJE = k_BTJE.astype(cache["k"].dtype), v_BTJE.astype(cache["v"].dtype)
-  if layer is not None:
-    idx = (layer, 0, index, 0, 0)
-    cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k_BTJE[None], idx),
-             "v": jax.lax.dynamic_update_slice(cache["v"], v_BTJE[None], idx)}
-    k_BSJE = jax.lax.dynamic_index_in_dim(cache["k"], layer, 0, keepdims=False)
-    v_BSJE = jax.lax.dynamic_index_in_dim(cache["v"], layer, 0, keepdims=False)
-    return cache, k_BSJE, v_BSJE
-  k_BJES = jax.lax.dynamic_update_slice(cache["k"], k_BTJE.transpose(0, 2, 3, 1),
-                                        (0, 0, 0, index))
-  v_BJSE = jax.lax.dynamic_update_slice(cache["v"], v_BTJE.transpose(0, 2, 1, 3),
-                                        (0, 0, index, 0))
-  return ({"k": k_BJES, "v": v_BJSE}, k_BJES.transpose(0, 3, 1, 2),
-          v_BJSE.transpose(0, 2, 1, 3))
-
-
 def _layer(cfg: ModelConfig, x_BTD, lp, sin, cos, kv_mask_BS, cache=None, layer=None,
            cache_index=None, segment_ids_BT=None, prefix=None):
   """One decoder layer. Returns (x, cache, (k_BTJE, v_BTJE)): the new K/V
@@ -227,7 +200,8 @@ def _layer(cfg: ModelConfig, x_BTD, lp, sin, cos, kv_mask_BS, cache=None, layer=
 
   lp: this layer's params (stacked names of `param_specs`, without the L axis),
   and under 'adapters' this layer's `Adapters` if any.
-  cache None: attention over the T inputs only; else see `_write_cache`.
+  cache None: attention over the T inputs only; else see
+  `rlx.models.kv_cache.write_cache`.
   prefix ({'k', 'v'}: [U, P, J, E], U dividing B; no cache): read-only keys and
   values of P slots before the T inputs, each of its rows shared by B / U
   consecutive rows (a group's prompt); the inputs sit at slots P..P+T-1.
@@ -257,7 +231,7 @@ def _layer(cfg: ModelConfig, x_BTD, lp, sin, cos, kv_mask_BS, cache=None, layer=
   elif cache is None:
     k_BSJE, v_BSJE = k_BTJE, v_BTJE
   else:
-    cache, k_BSJE, v_BSJE = _write_cache(cache, k_BTJE, v_BTJE, cache_index, layer)
+    cache, k_BSJE, v_BSJE = write_cache(cache, k_BTJE, v_BTJE, cache_index, layer)
     q_offset = cache_index
   attn_BTHE = attend(cfg, q_BTHE, k_BSJE, v_BSJE, q_offset, kv_mask_BS, segment_ids_BT)
   out_BTD = proj(attn_BTHE.reshape(B, T, -1), "o")
@@ -555,45 +529,6 @@ def unstack_layers(cfg: ModelConfig, params: nnx.State, adapters: Adapters | Non
     for i, lp in enumerate(out):
       lp["adapters"] = adapters.layer(i, cfg.num_layers)
   return out
-
-
-def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> dict:
-  """Zero stacked KV cache {'k', 'v'}: [L, B, S, J, E] (CACHE_AXES), S = max_len,
-  in dtype (default the compute dtype)."""
-  dtype = cfg.compute_dtype if dtype is None else dtype
-  shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
-  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
-
-
-# Slot axis of each buffer of a per-layer cache (see `_write_cache`).
-LAYER_CACHE_SEQ_AXIS = {"k": 3, "v": 2}
-
-
-def init_layer_caches(cfg: ModelConfig, batch: int, max_len: int,
-                      dtype: Any = None) -> tuple[dict[str, jax.Array], ...]:
-  """Zero per-layer KV caches: L x {'k': [B, J, E, S], 'v': [B, J, S, E]}."""
-  dtype = cfg.compute_dtype if dtype is None else dtype
-  J, E = cfg.num_kv_heads, cfg.head_dim
-  return tuple({"k": jnp.zeros((batch, J, E, max_len), dtype),
-                "v": jnp.zeros((batch, J, max_len, E), dtype)} for _ in range(cfg.num_layers))
-
-
-def cache_length(cache: Any) -> int:
-  """Slots S of a stacked (`init_cache`) or per-layer (`init_layer_caches`) cache."""
-  if isinstance(cache, dict):
-    return cache["k"].shape[2]
-  return cache[0]["v"].shape[LAYER_CACHE_SEQ_AXIS["v"]]
-
-
-def grow_cache(cache: Any, extra: int) -> Any:
-  """Appends `extra` empty slots to a stacked or per-layer cache."""
-  def grow(x, axis):
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (0, extra)
-    return jnp.pad(x, widths)
-  if isinstance(cache, dict):
-    return {n: grow(x, 2) for n, x in cache.items()}
-  return tuple({n: grow(x, LAYER_CACHE_SEQ_AXIS[n]) for n, x in c.items()} for c in cache)
 
 
 def positions_from_mask(mask_BT: jax.Array) -> jax.Array:
