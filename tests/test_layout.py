@@ -67,6 +67,7 @@ def _run(graphdef, *, packing=False, prompt_buckets=(4, 8)):
   cfg = base_config()
   cfg.data.max_prompt_len, cfg.sampling.max_new_tokens = P, C
   cfg.train.prompt_buckets, cfg.train.packing = prompt_buckets, packing
+  cfg.sampling.group_size = 3
   return SimpleNamespace(cfg=cfg, place=Placement(cfg), group_size=3, fns=SimpleNamespace(
       logprobs=steps.make_logprobs_fn(graphdef, P, 1.0, 0)))
 

@@ -25,7 +25,7 @@ from rlx.sampling import sampler as sampler_lib
 from rlx.train import steps
 from rlx.train.optim import make_optimizer
 from rlx.train.placement import Placement
-from rlx.train.rl_setup import Lora, _settings, jitted_steps
+from rlx.train.rl_setup import Lora, _settings, jitted_steps, shared_prompt_group
 
 sds = jax.ShapeDtypeStruct
 
@@ -147,8 +147,7 @@ def abstract_run(cfg, mcfg, devices: Any = None) -> AbstractRun:
 
   tokens, mask = _batch(place, (n, p + c), jnp.int32), _batch(place, (n, p + c), jnp.bool_)
   lead = (state.params, frozen) if spec is not None else ()
-  r = cfg.sampling.group_size  # train.share_prompts: each group's prompt runs once
-  share = r if cfg.train.share_prompts and not cfg.train.packing else 1
+  share = shared_prompt_group(cfg, n)  # train.share_prompts: each group's prompt runs once
   m = n // cfg.train.minibatches
   if ref is not None:
     ref_args = ({}, frozen) if spec is not None else (ref,)
@@ -165,7 +164,7 @@ def abstract_run(cfg, mcfg, devices: Any = None) -> AbstractRun:
                old_logp=_batch(place, (m, c), f32), sample_logp=_batch(place, (m, c), f32),
                ref_logp=_batch(place, (m, c), f32), correct=_batch(place, (m,), jnp.bool_),
                group=_batch(place, (m,), jnp.int32), lengths=_batch(place, (m,), jnp.int32))
-  kw = {"group_size": share if m % share == 0 else 1}
+  kw = {"group_size": shared_prompt_group(cfg, m)}
   if spec is None:
     out.append(Step("update", update, (state, batch), (True, False), kw))
   else:

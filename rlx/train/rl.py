@@ -38,7 +38,7 @@ from rlx.train import layout, steps, structured
 from rlx.train.rl_outputs import (Outputs, _Stop, eval_line, evaluate, finish,
                                   log_eval_checkpoint, step_metrics)
 from rlx.train.rl_setup import (RLRun, advantage_columns, restore, reward_columns, sample_jit,
-                                setup_run)
+                                setup_run, shared_prompt_group)
 from rlx.train.checkpoint import Checkpointer
 from rlx.train.metrics import MetricsWriter
 from rlx.train.scoring import completion_id_lists
@@ -275,11 +275,11 @@ def shared_group_size(run: RLRun, local: sampling.Rollout) -> int:
   """config.train.share_prompts: the group size when every block of that many
   consecutive rows holds one prompt (checked on the tokens), so the log-prob
   and update passes run each prompt once; else 1 (also with packing)."""
-  g = run.group_size
-  if not run.cfg.train.share_prompts or run.cfg.train.packing or g == 1:
+  if shared_prompt_group(run.cfg, run.cfg.sampling.group_size) == 1:  # off: no gather
     return 1
   prompts = run.place.gather(np.where(local.prompt_mask, local.prompt_tokens, -1))
-  if len(prompts) % g:
+  g = shared_prompt_group(run.cfg, len(prompts))
+  if g == 1:
     return 1
   blocks = prompts.reshape(len(prompts) // g, g, -1)
   return g if bool(np.all(blocks == blocks[:, :1])) else 1

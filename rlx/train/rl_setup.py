@@ -145,6 +145,16 @@ class RLRun:
     return self.mine.stop - self.mine.start
 
 
+def shared_prompt_group(cfg, rows: int) -> int:
+  """The group size G when config.train.share_prompts applies to a pass over `rows`
+  rows in groups of G (sharing on, packing off, whole groups), else 1. The trainer
+  also checks the prompts themselves (rl.shared_group_size)."""
+  g = cfg.sampling.group_size
+  if not cfg.train.share_prompts or cfg.train.packing or rows % g:
+    return 1
+  return g
+
+
 def _check_batches(cfg, place: Placement) -> None:
   n = cfg.train.batch_prompts * cfg.sampling.group_size
   place.check_batch(cfg.train.batch_prompts, "config.train.batch_prompts")
