@@ -31,8 +31,9 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   # "dots" (keeps the matmul outputs).
   c.model.remat = "none"
   # Attention core: auto | dense | blockwise | cudnn | splash (rlx.models.attention),
-  # and its query/key block sizes 'N' or 'NQ,NKV' (blockwise pads a longer
-  # length up to a multiple of its block; splash runs when lengths are multiples of 128).
+  # and its query/key block sizes 'N' or 'NQ,NKV' (blockwise cuts a longer length
+  # into the fewest blocks of at most this size, multiples of 8: 1056 -> 3 x 352;
+  # splash runs when lengths are multiples of 128).
   c.model.attention = "auto"
   c.model.attention_blocks = "512"
   # LoRA adapters (rank 0: off; rlx/models/lora.py). targets: comma-separated

@@ -16,18 +16,37 @@ def _cfg(family, **kw):
       num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, **kw)
 
 
-@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
-def test_blockwise_equals_dense_through_the_decoder(family):
-  """GQA (4 heads on 2 KV heads), qkv bias (qwen2), q/k norm (qwen3), left padding."""
+def test_blockwise_block_cuts_a_length_into_the_fewest_blocks():
+  """(block, padding): the configured block if it covers or divides T, else the
+  fewest blocks of at most it, rounded up to multiples of 8."""
+  from rlx.models.decoder import blockwise_block
+  assert blockwise_block(512, 1056) == (352, 0)   # not 2 x 512 + padding to 1536
+  assert blockwise_block(512, 1000) == (504, 8)
+  assert blockwise_block(512, 1024) == (512, 0)
+  assert blockwise_block(512, 100) == (512, 0)    # capped at T by the kernel
+  assert blockwise_block(6, 16) == (6, 2)         # rounding to 8 would exceed the block
+  for block in (8, 64, 100, 512):
+    for length in range(1, 2100, 37):
+      b, pad = blockwise_block(block, length)
+      assert b <= block and (length + pad) % min(b, length + pad) == 0
+      assert pad < 8 * -(-length // block) or pad < b
+
+
+@pytest.mark.parametrize("family,length,blocks", [("qwen2", 16, (4, 6)), ("qwen3", 16, (4, 6)),
+                                                  ("qwen2", 48, (32, 20))])
+def test_blockwise_equals_dense_through_the_decoder(family, length, blocks):
+  """GQA (4 heads on 2 KV heads), qkv bias (qwen2), q/k norm (qwen3), left padding;
+  16 keys in blocks of 6 are padded to 18; 48 in blocks of at most 32 / 20 run
+  2 x 24 / 3 x 16 unpadded."""
   cfg = _cfg(family, attention="dense")
   _, params = models.init_model(cfg, jax.random.key(0))
-  tokens, mask = testing.padded_batch(3, 3, 16)
-  assert mask.sum(1).min() < 16
+  tokens, mask = testing.padded_batch(3, 3, length)
+  assert mask.sum(1).min() < length
   tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
 
   def run(attention):
-    _, graphdef = models.with_attention(cfg, attention=attention, attention_block_q=4,
-                                        attention_block_kv=6)  # 16 keys: padded to 18
+    _, graphdef = models.with_attention(cfg, attention=attention, attention_block_q=blocks[0],
+                                        attention_block_kv=blocks[1])
     logits, _ = models.forward(graphdef, params, tokens, models.positions_from_mask(mask), mask)
 
     def loss(p):

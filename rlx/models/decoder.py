@@ -151,6 +151,20 @@ def apply_rope(x_BTHE: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
   return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x_BTHE.dtype)
 
 
+def blockwise_block(block: int, length: int, multiple: int = 8) -> tuple[int, int]:
+  """(block size, padding) blockwise runs a length of T (or S) with: the
+  configured block when it covers or divides T, else the fewest blocks of at most
+  `block` (ceil(T / block) of them), each rounded up to a multiple of 8, so T is
+  padded by < 8 per block (T = 1056, block 512: 3 blocks of 352, no padding;
+  rounding T up to 1536 would add 45% to the attention)."""
+  if length <= block or length % block == 0:
+    return block, 0
+  n = -(-length // block)
+  b = -(-length // n)
+  b = min(-(-b // multiple) * multiple, block) if b % multiple else b
+  return b, -(-length // b) * b - length
+
+
 def attend(cfg: ModelConfig, q_BTHE: jax.Array, k_BSJE: jax.Array, v_BSJE: jax.Array,
            q_offset: Any, kv_mask_BS: jax.Array, segment_ids_BT: jax.Array | None = None
            ) -> jax.Array:
@@ -161,10 +175,10 @@ def attend(cfg: ModelConfig, q_BTHE: jax.Array, k_BSJE: jax.Array, v_BSJE: jax.A
   no key (a padding row) gets zeros. Keys/values are cast to q's dtype (a
   cache may be stored in another). Returns [B, T, H, E] in q's dtype.
 
-  blockwise: a T or S longer than its block and not a multiple of it is
-  padded up to one (padded keys masked, padded queries dropped), so any block
-  size fits every length (the sampler's cache is P + C - 1 slots, and its
-  decode segments grow it). The KV-cache layouts of `rlx.models.kv_cache.write_cache` read in
+  blockwise: a T or S longer than its block and not a multiple of it is cut
+  into the fewest blocks of at most that size (`blockwise_block`; padded keys
+  masked, padded queries dropped), so any block size fits every length (the
+  sampler's cache is P + C - 1 slots, and its decode segments grow it). The KV-cache layouts of `rlx.models.kv_cache.write_cache` read in
   place here: XLA cancels their transposes against the ones in the dense core.
   """
   dt = q_BTHE.dtype
@@ -174,8 +188,10 @@ def attend(cfg: ModelConfig, q_BTHE: jax.Array, k_BSJE: jax.Array, v_BSJE: jax.A
   bq, bk = cfg.attention_block_q, cfg.attention_block_kv
   name = resolve(cfg.attention, cfg.attention_platform, dtype=dt, T=T, S=S, E=E,
                  static_offset=isinstance(q_offset, int))
-  pad_t = (-T) % bq if name == "blockwise" and T > bq else 0
-  pad_s = (-S) % bk if name == "blockwise" and S > bk else 0
+  pad_t = pad_s = 0
+  if name == "blockwise":
+    bq, pad_t = blockwise_block(bq, T)
+    bk, pad_s = blockwise_block(bk, S)
   q_seg_BT = kv_seg_BS = segment_ids_BT
   if pad_t:
     q_BTHE = jnp.pad(q_BTHE, ((0, 0), (0, pad_t), (0, 0), (0, 0)))
