@@ -174,6 +174,9 @@ def main() -> None:
   ap.add_argument("--steps", type=int, default=None, help="timed steps (W: 10, T: 3)")
   ap.add_argument("--warmup", type=int, default=2)
   ap.add_argument("--layouts", default="padded,trimmed,packed", help="T: which runs")
+  ap.add_argument("--tail_rows", type=int, default=4,
+                  help="T: config.sampling.tail_rows of the trimmed and packed runs (the "
+                       "padded run, the layout before trimming, keeps 0)")
   ap.add_argument("--share_prompts", type=int, default=1,
                   help="config.train.share_prompts (W: each group's prompt runs once)")
   args = ap.parse_args()
@@ -243,9 +246,11 @@ def main() -> None:
   for name in args.layouts.split(","):
     lc = c.copy_and_resolve_references()
     lc.train.update(layouts[name])
+    lc.sampling.tail_rows = 0 if name == "padded" else args.tail_rows
     out = run_layout(args, lc, os.path.join(tmp, f"run_{name}"), compile_total, n_params,
-                     gflops, workload="T", layout=name, **{f"train.{k}": v for k, v in
-                                                           layouts[name].items()})
+                     gflops, workload="T", layout=name,
+                     **{f"train.{k}": v for k, v in layouts[name].items()},
+                     **{"sampling.tail_rows": lc.sampling.tail_rows})
     if name == "padded":
       base = out["step_s_median_excl_compile"]
     elif base is not None:

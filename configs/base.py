@@ -74,6 +74,10 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.sampling.min_p = 0.0
   c.sampling.max_new_tokens = 64
   c.sampling.ignore_eos = False  # True: every completion runs to max_new_tokens (benchmarks)
+  # Once at most this many of a step's completions are still generating, decode
+  # only those (rlx.sampling.SamplingSettings.tail_rows): long-tailed lengths stop
+  # paying for ended rows. 0: off; else < batch_prompts x group_size.
+  c.sampling.tail_rows = 0
 
   c.advantage = mlc.ConfigDict()
   c.advantage.estimator = "grpo"

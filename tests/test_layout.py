@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from rlx import models, sampling
-from rlx.train import layout, rl, steps
+from rlx.train import layout, rl, rl_setup, steps
 from rlx.train.config import base_config, validate
 from rlx.train.placement import Placement
 
@@ -97,6 +97,15 @@ def test_length_buckets_defaults_and_errors():
   c.train.length_buckets = (0, 64)
   with pytest.raises(ValueError, match=r"config.train.length_buckets=\(0, 64\): bucket 0 is "
                      r"outside \[1, 64\]"):
+    validate(c)
+  c.train.length_buckets = ()
+  c.sampling.tail_rows = 3  # reaches the sampler's settings (not the eval's)
+  tok = SimpleNamespace(eos_token_id=1, pad_token_id=0)
+  assert rl_setup._settings(c, eval_mode=False, tokenizer=tok).tail_rows == 3
+  assert rl_setup._settings(c, eval_mode=True, tokenizer=tok).tail_rows == 0
+  c.sampling.tail_rows = c.train.batch_prompts * c.sampling.group_size
+  with pytest.raises(ValueError, match=r"config.sampling.tail_rows=\d+ must be 0 \(off\) or "
+                     r"in 1..\d+ \(fewer than the \d+ completions per step\)"):
     validate(c)
 
 

@@ -113,6 +113,29 @@ def test_logprobs_equal_teacher_forced(ckpts):
   np.testing.assert_array_equal(stops.sum(1), ~np.asarray(r.truncated))
 
 
+def test_tail_rows_give_the_same_rollout(ckpts):
+  """settings.tail_rows: once <= K rows are live, only they decode (their cache
+  rows gathered); tokens, masks and log-probs equal the all-rows loop's."""
+  _, graphdef, params = models.load_hf(ckpts["qwen2"])
+  tokens, mask = (jnp.asarray(x) for x in testing.padded_batch(3, 2, 6))
+  settings = SamplingSettings(max_new_tokens=40, temperature=0.8, top_k=40, group_size=3,
+                              stop_token_ids=(5, 9, 11, 12, 13, 17, 30, 40, 41, 42, 43, 44))
+  run = lambda **kw: sample(graphdef, params, tokens, mask, jax.random.key(1),
+                            dataclasses.replace(settings, **kw))
+  full = run()
+  lengths = np.sort(np.asarray(full.completion_lengths))
+  assert lengths[-3] < lengths[-1] < 40  # the last 2 rows run alone for a while
+  for kw in (dict(tail_rows=2), dict(tail_rows=4, unroll_layers=False)):
+    tail = run(**kw)
+    for name in ("completion_tokens", "completion_mask", "truncated", "completion_lengths"):
+      np.testing.assert_array_equal(getattr(tail, name), getattr(full, name), err_msg=name)
+    for name in ("sample_logprobs", "policy_logprobs"):
+      np.testing.assert_allclose(getattr(tail, name), getattr(full, name), atol=1e-5,
+                                 err_msg=name)
+  with pytest.raises(ValueError, match="tail_rows must be >= 0"):
+    SamplingSettings(tail_rows=-1)
+
+
 def _chisquare(samples: np.ndarray, probs: np.ndarray) -> float:
   """p-value of counts vs probs, pooling cells with expected count < 5 into one."""
   counts = np.bincount(samples, minlength=probs.shape[0]).astype(np.float64)

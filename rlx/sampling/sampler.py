@@ -9,7 +9,9 @@ decode and is compiled once per (model, settings, B, P).
 Layout: row n = b * R + r of every [N = B * R, ...] output is the r-th
 completion of prompt b; `group_ids[n] = b`. The KV cache holds prompt token p
 at slot p and completion token i at slot P + i (P + C - 1 slots at most; it
-grows between decode segments, see `SamplingSettings.decode_segments`).
+grows between decode segments, see `SamplingSettings.decode_segments`). With
+`SamplingSettings.tail_rows` = K, the last steps decode only the <= K rows still
+live (long-tailed lengths: the ended rows cost nothing more).
 Sampling is exact inverse-CDF sampling from softmax of the filtered logits
 (one uniform per row and step, keys `fold_in(key, i)`).
 The model runs through `rlx.models.forward` and `rlx.models.lm_head`, the code
@@ -125,43 +127,86 @@ def _sample(graphdef: Any, params: Any, prompt_tokens_BP: jax.Array, prompt_mask
   stop_ids = jnp.asarray(settings.stop_token_ids or (-1,), jnp.int32)
   pad = jnp.int32(settings.pad_token_id)
 
-  def emit(i, logits_NV, state):
-    """Samples completion token i and writes it into the buffers."""
+  def emit(i, logits_XV, state, rows_X=None):
+    """Samples completion token i of all rows, or of rows `rows_X` (the tail), and
+    writes it into the buffers. A row's uniform is the same either way."""
     tokens_NC, mask_NC, slogp_NC, plogp_NC, done_N = state
-    tok_N, slogp_N, plogp_N = sample_step(logits_NV, jax.random.fold_in(key, i), settings)
-    live_N = ~done_N
-    tok_N = jnp.where(live_N, tok_N, pad)
-    tokens_NC = tokens_NC.at[:, i].set(tok_N)
-    mask_NC = mask_NC.at[:, i].set(live_N)
-    slogp_NC = slogp_NC.at[:, i].set(jnp.where(live_N, slogp_N, 0.0))
-    plogp_NC = plogp_NC.at[:, i].set(jnp.where(live_N, plogp_N, 0.0))
-    done_N = done_N | (live_N & jnp.any(tok_N[:, None] == stop_ids[None, :], axis=1))
+    uniform_X1 = None
+    if rows_X is not None and not settings.greedy:
+      uniform_X1 = jax.random.uniform(jax.random.fold_in(key, i), (n, 1), jnp.float32)[rows_X]
+    tok_X, slogp_X, plogp_X = sample_step(logits_XV, jax.random.fold_in(key, i), settings,
+                                          uniform_X1)
+    at = (slice(None), i) if rows_X is None else (rows_X, i)
+    done_X = done_N if rows_X is None else done_N[rows_X]
+    live_X = ~done_X
+    tok_X = jnp.where(live_X, tok_X, pad)
+    tokens_NC = tokens_NC.at[at].set(tok_X)
+    mask_NC = mask_NC.at[at].set(live_X)
+    slogp_NC = slogp_NC.at[at].set(jnp.where(live_X, slogp_X, 0.0))
+    plogp_NC = plogp_NC.at[at].set(jnp.where(live_X, plogp_X, 0.0))
+    done_X = done_X | (live_X & jnp.any(tok_X[:, None] == stop_ids[None, :], axis=1))
+    done_N = done_X if rows_X is None else done_N.at[rows_X].set(done_X)
     return tokens_NC, mask_NC, slogp_NC, plogp_NC, done_N
+
+  def decode_loop(i, end, cache, state, kv_mask, rows_X=None, run_if=lambda state: True):
+    """Decode steps i .. end - 1 (all rows, or rows_X with their own cache) while
+    one of them is live and run_if(state) holds."""
+    def cond(carry):
+      i, _, state = carry
+      done_X = state[-1] if rows_X is None else state[-1][rows_X]
+      return (i < end) & ~jnp.all(done_X) & run_if(state)
+
+    prompt_len_X, mask_XS = prompt_len_N, kv_mask
+    if rows_X is not None:
+      prompt_len_X, mask_XS = prompt_len_N[rows_X], kv_mask[rows_X]
+
+    def body(carry):
+      i, cache, state = carry
+      prev_X1 = jax.lax.dynamic_slice_in_dim(state[0], i - 1, 1, axis=1)
+      if rows_X is not None:
+        prev_X1 = prev_X1[rows_X]
+      hidden_X1D, cache = run(prev_X1, (prompt_len_X + i - 1)[:, None], mask_XS, cache,
+                              p + i - 1)
+      logits_XV = models.lm_head(graphdef, params, hidden_X1D, head_DV=head_DV)[:, 0]
+      return i + 1, cache, emit(i, logits_XV, state, rows_X)
+
+    return jax.lax.while_loop(cond, body, (i, cache, state))
 
   state = (jnp.full((n, c), pad, jnp.int32), jnp.zeros((n, c), bool),
            jnp.zeros((n, c), jnp.float32), jnp.zeros((n, c), jnp.float32),
            jnp.zeros((n,), bool))
   state = emit(0, rep(logits_BV), state)
 
+  # The tail (settings.tail_rows = K < N): once at most K rows are live, they are
+  # gathered (rows_K, their cache rows) and the rest of the loop decodes K rows.
+  k = settings.tail_rows if 0 < settings.tail_rows < n else 0
+  if k:
+    take = lambda cache, rows: jax.tree.map(lambda x: jnp.take(x, rows, axis=batch_axis), cache)
+    rows_K = jnp.arange(k, dtype=jnp.int32)
+    cache_K = take(cache, rows_K)  # placeholder until the tail starts
+    in_tail = jnp.bool_(False)
+    many_live = lambda state: jnp.sum(~state[-1]) > k
   i = jnp.int32(1)
   for j, (end, length) in enumerate(zip(ends, lengths)):
     if j:  # grow the cache to this segment's length
       cache = models.grow_cache(cache, length - lengths[j - 1])
+      if k:
+        cache_K = models.grow_cache(cache_K, length - lengths[j - 1])
     kv_mask = kv_mask_NS[:, :length]
+    if not k:
+      i, cache, state = decode_loop(i, end, cache, state, kv_mask)
+      continue
+    i, cache, state = decode_loop(i, end, cache, state, kv_mask,
+                                  run_if=lambda st: ~in_tail & many_live(st))
+    start = ~in_tail & ~many_live(state) & ~jnp.all(state[-1])
 
-    def cond(carry, end=end):
-      i, _, state = carry
-      return (i < end) & ~jnp.all(state[-1])
-
-    def body(carry, kv_mask=kv_mask):
-      i, cache, state = carry
-      prev_N1 = jax.lax.dynamic_slice_in_dim(state[0], i - 1, 1, axis=1)
-      hidden_N1D, cache = run(prev_N1, (prompt_len_N + i - 1)[:, None], kv_mask, cache,
-                              p + i - 1)
-      logits_NV = models.lm_head(graphdef, params, hidden_N1D, head_DV=head_DV)[:, 0]
-      return i + 1, cache, emit(i, logits_NV, state)
-
-    i, cache, state = jax.lax.while_loop(cond, body, (i, cache, state))
+    def start_tail(state=state, cache=cache):  # live rows first, in row order
+      rows = jnp.argsort(state[-1], stable=True)[:k].astype(jnp.int32)
+      return rows, take(cache, rows)
+    rows_K, cache_K = jax.lax.cond(start, start_tail, lambda: (rows_K, cache_K))
+    in_tail = in_tail | start
+    i, cache_K, state = decode_loop(i, end, cache_K, state, kv_mask, rows_X=rows_K,
+                                    run_if=lambda st, on=in_tail: on)
   tokens_NC, mask_NC, slogp_NC, plogp_NC, done_N = state
   return Rollout(
       prompt_tokens=rep(prompt_tokens_BP), prompt_mask=rep(prompt_mask_BP),

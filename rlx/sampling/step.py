@@ -34,6 +34,11 @@ class SamplingSettings:
       (of >= 8 steps each) over growing static cache lengths, so early steps
       skip the cache's unwritten tail: less KV cache read, one more compiled
       loop body per segment. Results do not depend on it.
+    tail_rows: once at most this many of the N rows are still generating, the
+      remaining steps decode only those rows (their cache rows gathered into a
+      cache of tail_rows rows), so a long-tailed batch stops paying for rows that
+      have ended. 0 or >= N: off. One more compiled loop body per segment.
+      Results do not depend on it (each row keeps its own uniforms).
   """
   max_new_tokens: int = 64
   temperature: float = 1.0
@@ -47,6 +52,7 @@ class SamplingSettings:
   cache_dtype: str | None = None
   unroll_layers: bool = True
   decode_segments: int = 4
+  tail_rows: int = 0
 
   def __post_init__(self):
     stop = self.stop_token_ids
@@ -57,6 +63,8 @@ class SamplingSettings:
       raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}.")
     if self.decode_segments < 1:
       raise ValueError(f"decode_segments must be >= 1, got {self.decode_segments}.")
+    if self.tail_rows < 0:
+      raise ValueError(f"tail_rows must be >= 0 (0 disables it), got {self.tail_rows}.")
     if self.group_size < 1:
       raise ValueError(f"group_size must be >= 1, got {self.group_size}.")
     if self.temperature <= 0:
@@ -82,11 +90,13 @@ def sampling_logits(logits_NV: jax.Array, settings: SamplingSettings) -> jax.Arr
       top_p=settings.top_p, min_p=settings.min_p)
 
 
-def _inverse_cdf_sample(key: jax.Array, logits_NV: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _inverse_cdf_sample(key: jax.Array, logits_NV: jax.Array, uniform_N1: jax.Array | None = None
+                        ) -> tuple[jax.Array, jax.Array]:
   """(tokens_N, logsumexp_N) of float32 logits; see `categorical`.
 
   Two-level inverse CDF: pick a block of `_BLOCK` tokens by the cumulative
   block masses, then a token inside it (a cumsum over V is slow on XLA:CPU).
+  uniform_N1: the rows' uniforms in [0, 1) (default drawn from key).
   """
   n, v = logits_NV.shape
   max_N1 = jnp.max(logits_NV, axis=-1, keepdims=True)
@@ -95,7 +105,9 @@ def _inverse_cdf_sample(key: jax.Array, logits_NV: jax.Array) -> tuple[jax.Array
   p_NBK = p_NV.reshape(n, v // blk, blk)
   cdf_NB = jnp.cumsum(p_NBK.sum(-1), axis=-1)
   total_N1 = cdf_NB[:, -1:]
-  u_N1 = jax.random.uniform(key, max_N1.shape, jnp.float32) * total_N1
+  if uniform_N1 is None:
+    uniform_N1 = jax.random.uniform(key, max_N1.shape, jnp.float32)
+  u_N1 = uniform_N1 * total_N1
   # First block whose cdf exceeds u, then the first token in it.
   b_N = jnp.minimum(jnp.sum(cdf_NB <= u_N1, axis=-1), v // blk - 1).astype(jnp.int32)
   below_N = jnp.where(b_N > 0, jnp.take_along_axis(cdf_NB, jnp.maximum(b_N - 1, 0)[:, None], -1)[:, 0], 0.0)
@@ -124,9 +136,12 @@ def categorical(key: jax.Array, logits_NV: jax.Array) -> jax.Array:
   return _inverse_cdf_sample(key, logits_NV.astype(jnp.float32))[0]
 
 
-def sample_step(logits_NV: jax.Array, key: jax.Array, settings: SamplingSettings
-               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def sample_step(logits_NV: jax.Array, key: jax.Array, settings: SamplingSettings,
+                uniform_N1: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Samples next tokens from raw policy logits [N, V].
+
+  uniform_N1: each row's uniform (default `jax.random.uniform(key, (N, 1))`); the
+  sampler passes a subset of a larger batch's draws when it decodes only some rows.
 
   Returns:
     tokens_N (int32), sample_logp_N: log-prob of the token under the sampling
@@ -141,7 +156,7 @@ def sample_step(logits_NV: jax.Array, key: jax.Array, settings: SamplingSettings
     tokens_N = jnp.argmax(logits_NV, axis=-1).astype(jnp.int32)
     sample_logp_N = filters.token_logprob(filtered_NV, tokens_N)
   else:
-    tokens_N, lse_N = _inverse_cdf_sample(key, filtered_NV)
+    tokens_N, lse_N = _inverse_cdf_sample(key, filtered_NV, uniform_N1)
     sample_logp_N = pick(filtered_NV, tokens_N) - lse_N
   if settings.is_filtered:
     policy_logp_N = filters.token_logprob(logits_NV, tokens_N)

@@ -109,6 +109,9 @@ def validate(cfg: mlc.ConfigDict) -> None:
   if cfg.sampling.group_size < 1:
     raise ValueError(f"config.sampling.group_size must be >= 1, got {cfg.sampling.group_size}.")
   n = cfg.train.batch_prompts * cfg.sampling.group_size
+  if not 0 <= cfg.sampling.tail_rows < n:
+    raise ValueError(f"config.sampling.tail_rows={cfg.sampling.tail_rows} must be 0 (off) or "
+                     f"in 1..{n - 1} (fewer than the {n} completions per step).")
   if cfg.train.minibatches < 1 or n % cfg.train.minibatches:
     raise ValueError(
         f"config.train.minibatches={cfg.train.minibatches} must divide the "

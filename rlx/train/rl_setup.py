@@ -46,7 +46,8 @@ def _settings(cfg, *, eval_mode: bool, tokenizer) -> sampling.SamplingSettings:
         max_new_tokens=max_new, group_size=1, **common_kw)
   return sampling.SamplingSettings(
       temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
-      max_new_tokens=s.max_new_tokens, group_size=s.group_size, **common_kw)
+      max_new_tokens=s.max_new_tokens, group_size=s.group_size, tail_rows=s.tail_rows,
+      **common_kw)
 
 
 def advantage_columns(cfg, rows: list[dict[str, Any]], repeat: int) -> dict[str, np.ndarray]:
