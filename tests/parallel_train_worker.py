@@ -18,6 +18,7 @@ come from the parent's environment.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -128,6 +129,12 @@ def pieces(out_path: str, data_path: str) -> None:
         state_shardings=jax.tree.map(lambda x: x.sharding, state))
     ro = rl_setup.sample_jit(graphdef, params, *place.to_global((ptok, pmask), B), key, settings)
     ro_np = place.to_local(ro)
+    if name == "mesh":  # settings.tail_rows on the mesh (rows gathered across data shards)
+      stops = dataclasses.replace(settings, stop_token_ids=tuple(range(3, len(tok), 4)))
+      tails = [place.to_local(rl_setup.sample_jit(
+          graphdef, params, *place.to_global((ptok, pmask), B), key,
+          dataclasses.replace(stops, tail_rows=t))) for t in (0, 2)]
+      tail_lengths = np.sort(tails[0].completion_lengths)
     local = {k: getattr(ro_np, k) for k in ("prompt_tokens", "prompt_mask", "completion_tokens",
                                             "completion_mask", "sample_logprobs",
                                             "completion_lengths")}
@@ -154,6 +161,9 @@ def pieces(out_path: str, data_path: str) -> None:
         mesh=dict(place.mesh.shape))
   one, mesh = results["one"], results["mesh"]
   out = {
+      "tail_engaged": bool(tail_lengths[-3] < tail_lengths[-1] < cfg.sampling.max_new_tokens),
+      "tail_tokens_equal": bool((tails[0].completion_tokens == tails[1].completion_tokens).all()),
+      "tail_logp_diff": _max_abs(tails[0].sample_logprobs, tails[1].sample_logprobs),
       "mesh": mesh["mesh"], "one_mesh": one["mesh"],
       "tokens_equal": bool((one["tokens"] == mesh["tokens"]).all()),
       "lengths": one["lengths"].tolist(),

@@ -5,7 +5,7 @@ run: tests/configs/tiny_rl.py with 4 prompts and 4 updates a step, Adam eps
 1e-4 and position-independent rewards) are started together by one fixture:
 
   A  8 devices: one RL step (sampler + update) on a 2x2x2 (data, fsdp, tensor)
-     mesh vs a 1-device mesh, then `train_rl` for 2 steps on the 2x2x2 mesh;
+     mesh vs a 1-device mesh (and the sampler with tail_rows on the mesh), then `train_rl` for 2 steps on the 2x2x2 mesh;
   B  1 device: `python -m rlx.main` for 3 steps (the reference);
   C  2 processes x 2 devices (jax.distributed, gloo), mesh data=2 x tensor=2:
      `rlx.main` for 3 steps, checkpoint every step;
@@ -189,6 +189,8 @@ def _check_sharded_rl_step_matches_one_device(runs):
   # Sampling: identical tokens, log-probs to fp32 rounding.
   assert r["tokens_equal"]
   assert r["sample_logp_diff"] <= ATOL
+  # sampling.tail_rows (2 of 8 rows) on the 2x2x2 mesh: the same rollout as all rows.
+  assert r["tail_engaged"] and r["tail_tokens_equal"] and r["tail_logp_diff"] <= ATOL
   # Loss, gradients, update metrics and the params after two Adam updates.
   assert abs(r["loss"]) > 1e-3 and r["loss_diff"] <= ATOL
   assert r["grad_max"] > 1e-3 and r["grad_diff"] <= ATOL
