@@ -91,7 +91,8 @@ def test_length_buckets_defaults_and_errors():
   assert layout.length_buckets((), 12, "x") == (12,)
   assert layout.length_buckets((64, 8), 100, "x") == (8, 64, 100)
   assert layout.bucket(17, (16, 32, 40)) == 32
-  assert layout.row_buckets(6) == (1, 2, 4, 6) and layout.row_buckets(6, 4) == (4, 8)
+  assert layout.row_buckets(6) == (1, 2, 3, 4, 6) and layout.row_buckets(6, 4) == (4, 8)
+  assert layout.row_buckets(64) == (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
   c = base_config()
   c.model.init = "random"
   c.train.length_buckets = (0, 64)

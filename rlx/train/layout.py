@@ -69,11 +69,12 @@ def trim_for(prompt_len_N: np.ndarray, completion_len_N: np.ndarray,
 
 
 def row_buckets(rows: int, multiple: int = 1) -> tuple[int, ...]:
-  """Packed row counts: powers of two below `rows`, then `rows`, each rounded
-  up to a multiple of `multiple` (the batch shards)."""
+  """Packed row counts: powers of two and three times powers of two below `rows`
+  (1, 2, 3, 4, 6, 8, 12, ...: at most a third of a pass's rows are empty), then
+  `rows`, each rounded up to a multiple of `multiple` (the batch shards)."""
   up = lambda x: -(-x // multiple) * multiple
-  return tuple(sorted({up(1 << k) for k in range(rows.bit_length()) if 1 << k < rows}
-                      | {up(rows)}))
+  sizes = {m << k for k in range(rows.bit_length()) for m in (1, 3) if m << k < rows}
+  return tuple(sorted({up(x) for x in sizes} | {up(rows)}))
 
 
 def pack(prompt_len_N: np.ndarray, completion_len_N: np.ndarray, trim: Trim,
