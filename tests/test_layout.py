@@ -15,7 +15,7 @@ from rlx.train.placement import Placement
 
 P, C = 12, 40                       # padded prompt / completion columns
 PROMPT_N = np.array([3, 5, 2, 7, 4, 6])
-COMPLETION_N = np.array([5, 17, 1, 9, 12, 3])  # longest 17 -> bucket 32; prompts 7 -> 8
+COMPLETION_N = np.array([5, 17, 1, 9, 12, 3])  # longest 17 -> bucket 24; prompts 7 -> 8
 N = len(PROMPT_N)
 TERMS = {  # every aggregation, KL, entropy, NLL anchor and DRPO (length-normalized ones too)
     "pg": {"aggregation": "token_mean"},                          # DAPO
@@ -86,8 +86,9 @@ def _batch(ro: sampling.Rollout, ref_NC, adv) -> dict:
 
 
 def test_length_buckets_defaults_and_errors():
-  assert layout.length_buckets((), 1024, "x") == (16, 32, 64, 128, 256, 512, 1024)
-  assert layout.length_buckets((), 40, "x") == (16, 32, 40)
+  assert layout.length_buckets((), 1024, "x") == (16, 24, 32, 48, 64, 96, 128, 192, 256, 384,
+                                                  512, 768, 1024)
+  assert layout.length_buckets((), 40, "x") == (16, 24, 32, 40)
   assert layout.length_buckets((), 12, "x") == (12,)
   assert layout.length_buckets((64, 8), 100, "x") == (8, 64, 100)
   assert layout.bucket(17, (16, 32, 40)) == 32
@@ -143,16 +144,16 @@ def test_trimmed_and_packed_loss_and_grads_equal_padded(attention, token_adv, pa
   (loss0, m0), g0 = grad_fn(params, _batch(ro, ref_full, adv))
   run = _run(graphdef, packing=packing)
   t = rl.trimmed(run, ro, jax.tree.map(np.asarray, ro))
-  assert t.trim == layout.Trim(8, 32) and t.group_size == (3 if shared else 1)
+  assert t.trim == layout.Trim(8, 24) and t.group_size == (3 if shared else 1)
   # the reference pass itself runs trimmed (and packed) and equals the padded one
   ref = rl.device_logprobs(run, jax.tree.map(lambda x: x * 1.01, params), t)
-  assert ref.shape == (N, 32)
-  np.testing.assert_allclose(ref, ref_full[:, :32], atol=1e-5)
+  assert ref.shape == (N, 24)
+  np.testing.assert_allclose(ref, ref_full[:, :24], atol=1e-5)
   batch = _batch(t.rollout, ref, adv)
-  assert batch["tokens"].shape == (N, 40)
+  assert batch["tokens"].shape == (N, 32)
   if packing:
     batch.update(rl.packing(run, PROMPT_N, COMPLETION_N, t.trim))
-    assert batch["pack_src"].shape == (2, 40)  # 6 rows of 40 -> 2
+    assert batch["pack_src"].shape == (3, 32)  # 6 rows of 32 -> 3
   (loss, m), g = jax.jit(jax.value_and_grad(
       lambda p, b: loss_fn(p, b, group_size=t.group_size), has_aux=True))(params, batch)
   np.testing.assert_allclose(loss, loss0, rtol=1e-5, atol=1e-6)
@@ -184,7 +185,7 @@ def test_warm_buckets_do_not_recompile():
     # form (P() on this 1-device mesh), so the second step compiles once more
     # whatever the lengths: the counts are compared from the second step on.
     for seed, (prompt_N, completion_N) in enumerate([
-        ([3, 5, 2, 7, 4, 6], [5, 17, 1, 9, 12, 3]),   # buckets 8, 32; packed in 2 rows
+        ([3, 5, 2, 7, 4, 6], [5, 17, 1, 9, 12, 3]),   # buckets 8, 24; packed in 3 rows
         ([3, 5, 2, 7, 4, 6], [5, 17, 1, 9, 12, 3]),
         ([8, 1, 6, 2, 5, 5], [20, 2, 14, 4, 1, 6]),   # the same buckets, other lengths
         ([3, 1, 2, 4, 2, 3], [5, 3, 1, 9, 12, 3])]):  # 4, 16: a new bucket compiles once

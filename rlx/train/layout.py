@@ -31,16 +31,17 @@ import numpy as np
 
 def length_buckets(configured: Sequence[int], limit: int, what: str, smallest: int = 16
                    ) -> tuple[int, ...]:
-  """Sorted buckets ending with `limit`; () configured: powers of two from
-  `smallest` below `limit`, then `limit`. A bucket outside [1, limit] is a
-  config error naming `what`."""
+  """Sorted buckets ending with `limit`; () configured: powers of two and three
+  times powers of two from `smallest` below `limit` (16, 24, 32, 48, 64, ...: a
+  trimmed pass is at most a third padding), then `limit`. A bucket outside
+  [1, limit] is a config error naming `what`."""
   if not configured:
-    powers = {1 << k for k in range(limit.bit_length())}
-    return tuple(sorted({b for b in powers if smallest <= b < limit} | {limit}))
+    sizes = {m << k for k in range(limit.bit_length()) for m in (1, 3)}
+    return tuple(sorted({b for b in sizes if smallest <= b < limit} | {limit}))
   bad = [int(b) for b in configured if not 1 <= int(b) <= limit]
   if bad:
     raise ValueError(f"config.{what}={tuple(configured)}: bucket {bad[0]} is outside "
-                     f"[1, {limit}]; valid: lengths 1..{limit} (or () for powers of two).")
+                     f"[1, {limit}]; valid: lengths 1..{limit} (or () for the default grid).")
   return tuple(sorted({int(b) for b in configured} | {limit}))
 
 
