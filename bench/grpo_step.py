@@ -217,8 +217,10 @@ def main() -> None:
   c.advantage.estimator = "grpo"
   c.loss.terms = {"pg": {"clip_low": 0.2, "clip_high": 0.2}, "kl": {"coef": 0.04, "estimator": "k3"}}
   c.optim.lr, c.optim.clip_norm = 1e-6, 1.0
-  c.model.logprob_chunk = 32
-  c.model.remat = os.environ.get("RLX_BENCH_REMAT", "full")
+  # W: remat dots (matmul outputs kept, the rest recomputed), the fastest of none /
+  # dots / full for W on 2 cores (docs/bench.md); T: full (long rows: least memory).
+  # RLX_BENCH_REMAT picks another.
+  c.model.remat = os.environ.get("RLX_BENCH_REMAT", "full" if long_tail else "dots")
   c.train.batch_prompts, c.train.steps = 8, args.warmup + args.steps
   c.train.eval_every = c.train.ckpt_every = 0
   c.train.export_hf = c.train.progress = False
