@@ -10,8 +10,9 @@ loader; reward = len(text) % 7, k3 KL (beta 0.04), AdamW lr 1e-6, clipping 1.0.
 W: 8 prompts of 32 tokens x 8 completions of exactly 64 tokens (EOS ignored).
 T (long tail): 4 prompts of 32 tokens x 4 completions, max_new_tokens 1024,
 completions that stop early with a long-tailed length distribution (see
-`build_checkpoint`); the same run once padded (train.length_buckets=(1024,):
-today's layout), once trimmed to length buckets, once trimmed and packed.
+`build_checkpoint`); the same run once padded (train.length_buckets=(1024,),
+sampling.tail_rows=0: the layout before trimming), once trimmed to length
+buckets, once trimmed and packed (both with sampling.tail_rows=--tail_rows, 4).
 
 One JSON line per run (T: one per layout): median step time after warm-up and
 its split, first-step (compile) time, peak RSS, the host's fp32 matmul rate

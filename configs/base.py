@@ -137,8 +137,9 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.train.epochs = 1
   # No compute on padding (rlx/train/layout.py): after sampling, the reference/old
   # log-probs and the updates run on the batch trimmed to its longest completion
-  # and longest real prompt, each rounded up to a bucket. (): 16, 24, 32, 48, 64,
-  # 96, ... (powers of two and 3 x powers of two) up to sampling.max_new_tokens /
+  # and longest real prompt, each rounded up to a bucket (one compile of the
+  # reference and update steps per bucket seen). (): 16, 24, 32, 48, 64, 96, ...
+  # (powers of two and 3 x powers of two) up to sampling.max_new_tokens /
   # data.max_prompt_len (always included);
   # (max_new_tokens,) turns trimming off.
   c.train.length_buckets = ()

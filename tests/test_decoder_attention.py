@@ -33,11 +33,11 @@ def test_blockwise_block_cuts_a_length_into_the_fewest_blocks():
 
 
 @pytest.mark.parametrize("family,length,blocks", [("qwen2", 16, (4, 6)), ("qwen3", 16, (4, 6)),
-                                                  ("qwen2", 48, (32, 20))])
+                                                  ("qwen2", 48, (32, 20)), ("qwen3", 40, (32, 32))])
 def test_blockwise_equals_dense_through_the_decoder(family, length, blocks):
   """GQA (4 heads on 2 KV heads), qkv bias (qwen2), q/k norm (qwen3), left padding;
   16 keys in blocks of 6 are padded to 18; 48 in blocks of at most 32 / 20 run
-  2 x 24 / 3 x 16 unpadded."""
+  2 x 24 / 3 x 16 unpadded; 40 in blocks of at most 32 run 2 x 24 (8 padded)."""
   cfg = _cfg(family, attention="dense")
   _, params = models.init_model(cfg, jax.random.key(0))
   tokens, mask = testing.padded_batch(3, 3, length)

@@ -113,20 +113,33 @@ def test_logprobs_equal_teacher_forced(ckpts):
   np.testing.assert_array_equal(stops.sum(1), ~np.asarray(r.truncated))
 
 
-def test_tail_rows_give_the_same_rollout(ckpts):
+def test_tail_rows_give_the_same_rollout(ckpts, monkeypatch):
   """settings.tail_rows: once <= K rows are live, only they decode (their cache
-  rows gathered); tokens, masks and log-probs equal the all-rows loop's."""
+  rows gathered); tokens, masks and log-probs equal the all-rows loop's, and
+  decode steps really ran on K rows (the head's row counts, seen at run time)."""
   _, graphdef, params = models.load_hf(ckpts["qwen2"])
   tokens, mask = (jnp.asarray(x) for x in testing.padded_batch(3, 2, 6))
   settings = SamplingSettings(max_new_tokens=40, temperature=0.8, top_k=40, group_size=3,
                               stop_token_ids=(5, 9, 11, 12, 13, 17, 30, 40, 41, 42, 43, 44))
+  head_rows = []
+  real_head = sampler_lib.models.lm_head
+
+  def counting_head(graphdef, params, hidden, **kw):
+    n = hidden.shape[0]
+    jax.debug.callback(lambda: head_rows.append(n))
+    return real_head(graphdef, params, hidden, **kw)
+
+  monkeypatch.setattr(sampler_lib.models, "lm_head", counting_head)
   run = lambda **kw: sample(graphdef, params, tokens, mask, jax.random.key(1),
                             dataclasses.replace(settings, **kw))
   full = run()
+  assert set(head_rows) == {2, 6}  # prefill (2 prompts), then 6 rows
   lengths = np.sort(np.asarray(full.completion_lengths))
   assert lengths[-3] < lengths[-1] < 40  # the last 2 rows run alone for a while
-  for kw in (dict(tail_rows=2), dict(tail_rows=4, unroll_layers=False)):
+  for kw in (dict(tail_rows=1), dict(tail_rows=3), dict(tail_rows=4, unroll_layers=False)):
+    head_rows.clear()
     tail = run(**kw)
+    assert head_rows.count(kw["tail_rows"]) >= lengths[-1] - lengths[-2], kw  # the tail ran
     for name in ("completion_tokens", "completion_mask", "truncated", "completion_lengths"):
       np.testing.assert_array_equal(getattr(tail, name), getattr(full, name), err_msg=name)
     for name in ("sample_logprobs", "policy_logprobs"):

@@ -45,6 +45,7 @@ from rlx.models import hf_io
 from rlx.rewards.registry import REWARD_FNS
 from rlx.registry import check_choice
 from rlx.rewards.rules import completion_text
+from rlx.train import layout
 from rlx.ensemble import ENSEMBLE_AGGREGATIONS, ensemble_aggregate
 
 logger = logging.getLogger(__name__)
@@ -110,13 +111,6 @@ def encode_texts(tokenizer: Any, prompts: Sequence[Any], completions: Sequence[A
   return [list(ids) + eos for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
 
 
-def default_buckets(max_len: int) -> tuple[int, ...]:
-  """Powers of two from 16 below max_len, then max_len."""
-  out, b = [], 16
-  while b < max_len:
-    out.append(b)
-    b *= 2
-  return tuple(out) + (max_len,)
 
 
 def pad_rows(seqs: Sequence[Sequence[int]], length: int, pad_id: int, *, side: str = "right",
@@ -230,7 +224,7 @@ class RewardModel:
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     max_len = int(self.setting("max_len", max_len, DEFAULT_MAX_LEN))
-    buckets = sorted(buckets or default_buckets(max_len))
+    buckets = sorted(buckets or layout.length_buckets((), max_len, "reward model buckets"))
     seqs = truncate_left(strip_trailing_pad(seqs, self.pad_id), max_len)
     n = len(seqs)
     out = np.zeros((n, self.num_labels), np.float32)

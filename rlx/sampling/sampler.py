@@ -11,7 +11,8 @@ completion of prompt b; `group_ids[n] = b`. The KV cache holds prompt token p
 at slot p and completion token i at slot P + i (P + C - 1 slots at most; it
 grows between decode segments, see `SamplingSettings.decode_segments`). With
 `SamplingSettings.tail_rows` = K, the last steps decode only the <= K rows still
-live (long-tailed lengths: the ended rows cost nothing more).
+live (long-tailed lengths: the ended rows cost nothing more; the same rollout up
+to float rounding).
 Sampling is exact inverse-CDF sampling from softmax of the filtered logits
 (one uniform per row and step, keys `fold_in(key, i)`).
 The model runs through `rlx.models.forward` and `rlx.models.lm_head`, the code

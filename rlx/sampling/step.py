@@ -38,7 +38,8 @@ class SamplingSettings:
       remaining steps decode only those rows (their cache rows gathered into a
       cache of tail_rows rows), so a long-tailed batch stops paying for rows that
       have ended. 0 or >= N: off. One more compiled loop body per segment.
-      Results do not depend on it (each row keeps its own uniforms).
+      The rollout is the all-rows one up to float rounding (a matmul over K
+      rows may round differently; each row keeps its own uniforms).
   """
   max_new_tokens: int = 64
   temperature: float = 1.0

@@ -158,7 +158,8 @@ def validate(cfg: mlc.ConfigDict) -> None:
 
 def _check_attention(cfg: mlc.ConfigDict) -> None:
   """model.attention is a registered implementation (or auto); model.attention_blocks
-  is 'N' or 'NQ,NKV' (the decoder pads lengths up to a multiple of a block)."""
+  is 'N' or 'NQ,NKV' (blockwise cuts a longer length into the fewest blocks of at
+  most that size: `rlx.models.decoder.blockwise_block`)."""
   from rlx.models.attention import ATTENTION
   from rlx.train.common import attention_blocks
   check_choice(cfg.model.attention, ("auto", *ATTENTION.names()), "model.attention", "config")

@@ -33,7 +33,8 @@ def length_buckets(configured: Sequence[int], limit: int, what: str, smallest: i
                    ) -> tuple[int, ...]:
   """Sorted buckets ending with `limit`; () configured: powers of two and three
   times powers of two from `smallest` below `limit` (16, 24, 32, 48, 64, ...: a
-  trimmed pass is at most a third padding), then `limit`. A bucket outside
+  length above `smallest` is padded by at most a third of its bucket; twice the
+  compiled shapes of powers of two alone), then `limit`. A bucket outside
   [1, limit] is a config error naming `what`."""
   if not configured:
     sizes = {m << k for k in range(limit.bit_length()) for m in (1, 3)}
@@ -71,8 +72,9 @@ def trim_for(prompt_len_N: np.ndarray, completion_len_N: np.ndarray,
 
 def row_buckets(rows: int, multiple: int = 1) -> tuple[int, ...]:
   """Packed row counts: powers of two and three times powers of two below `rows`
-  (1, 2, 3, 4, 6, 8, 12, ...: at most a third of a pass's rows are empty), then
-  `rows`, each rounded up to a multiple of `multiple` (the batch shards)."""
+  (1, 2, 3, 4, 6, 8, 12, ...: before the rounding below, at most a third of a
+  pass's rows are empty), then `rows`, each rounded up to a multiple of `multiple`
+  (the batch shards)."""
   up = lambda x: -(-x // multiple) * multiple
   sizes = {m << k for k in range(rows.bit_length()) for m in (1, 3) if m << k < rows}
   return tuple(sorted({up(x) for x in sizes} | {up(rows)}))
