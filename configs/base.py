@@ -75,8 +75,9 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.sampling.max_new_tokens = 64
   c.sampling.ignore_eos = False  # True: every completion runs to max_new_tokens (benchmarks)
   # Once at most this many of a step's completions are still generating, decode
-  # only those (rlx.sampling.SamplingSettings.tail_rows): long-tailed lengths stop
-  # paying for ended rows. 0: off; else < batch_prompts x group_size.
+  # only those (rlx.sampling.SamplingSettings.tail_rows; evaluation too, when its
+  # batch is larger): long-tailed lengths stop paying for ended rows. 0: off; else
+  # < batch_prompts x group_size. Doubles the sampler's compile time.
   c.sampling.tail_rows = 0
 
   c.advantage = mlc.ConfigDict()

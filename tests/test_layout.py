@@ -101,10 +101,10 @@ def test_length_buckets_defaults_and_errors():
                      r"outside \[1, 64\]"):
     validate(c)
   c.train.length_buckets = ()
-  c.sampling.tail_rows = 3  # reaches the sampler's settings (not the eval's)
+  c.sampling.tail_rows = 3  # reaches the sampler's settings, the eval's too
   tok = SimpleNamespace(eos_token_id=1, pad_token_id=0)
   assert rl_setup._settings(c, eval_mode=False, tokenizer=tok).tail_rows == 3
-  assert rl_setup._settings(c, eval_mode=True, tokenizer=tok).tail_rows == 0
+  assert rl_setup._settings(c, eval_mode=True, tokenizer=tok).tail_rows == 3
   c.sampling.tail_rows = c.train.batch_prompts * c.sampling.group_size
   with pytest.raises(ValueError, match=r"config.sampling.tail_rows=\d+ must be 0 \(off\) or "
                      r"in 1..\d+ \(fewer than the \d+ completions per step\)"):

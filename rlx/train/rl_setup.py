@@ -37,7 +37,8 @@ def _settings(cfg, *, eval_mode: bool, tokenizer) -> sampling.SamplingSettings:
   s = cfg.sampling
   stop = (tuple(int(t) for t in np.atleast_1d(tokenizer.eos_token_id))
           if tokenizer.eos_token_id is not None and not s.ignore_eos else ())
-  common_kw = dict(stop_token_ids=stop, pad_token_id=int(tokenizer.pad_token_id or 0))
+  common_kw = dict(stop_token_ids=stop, pad_token_id=int(tokenizer.pad_token_id or 0),
+                   tail_rows=s.tail_rows)
   if eval_mode:
     greedy = cfg.eval.temperature <= 0
     max_new = cfg.eval.max_new_tokens if cfg.eval.max_new_tokens > 0 else s.max_new_tokens
@@ -46,8 +47,7 @@ def _settings(cfg, *, eval_mode: bool, tokenizer) -> sampling.SamplingSettings:
         max_new_tokens=max_new, group_size=1, **common_kw)
   return sampling.SamplingSettings(
       temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
-      max_new_tokens=s.max_new_tokens, group_size=s.group_size, tail_rows=s.tail_rows,
-      **common_kw)
+      max_new_tokens=s.max_new_tokens, group_size=s.group_size, **common_kw)
 
 
 def advantage_columns(cfg, rows: list[dict[str, Any]], repeat: int) -> dict[str, np.ndarray]:
