@@ -161,7 +161,7 @@ def blockwise_block(block: int, length: int, multiple: int = 8) -> tuple[int, in
     return block, 0
   n = -(-length // block)
   b = -(-length // n)
-  b = min(-(-b // multiple) * multiple, block) if b % multiple else b
+  b = min(-(-b // multiple) * multiple, block)
   return b, -(-length // b) * b - length
 
 

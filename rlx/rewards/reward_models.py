@@ -111,8 +111,6 @@ def encode_texts(tokenizer: Any, prompts: Sequence[Any], completions: Sequence[A
   return [list(ids) + eos for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
 
 
-
-
 def pad_rows(seqs: Sequence[Sequence[int]], length: int, pad_id: int, *, side: str = "right",
              num_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
   """[num_rows, length] int32 tokens and bool mask; extra rows are all padding."""

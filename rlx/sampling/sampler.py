@@ -21,6 +21,7 @@ log-probs equal the model's own KV-cached ones.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.struct
@@ -125,29 +126,8 @@ def _sample(graphdef: Any, params: Any, prompt_tokens_BP: jax.Array, prompt_mask
   cache = jax.tree.map(lambda x: rep(x, axis=batch_axis), cache)
   kv_mask_NS = rep(kv_mask_BS)
   prompt_len_N = rep(jnp.sum(prompt_mask_BP, axis=1, dtype=jnp.int32))
-  stop_ids = jnp.asarray(settings.stop_token_ids or (-1,), jnp.int32)
   pad = jnp.int32(settings.pad_token_id)
-
-  def emit(i, logits_XV, state, rows_X=None):
-    """Samples completion token i of all rows, or of rows `rows_X` (the tail), and
-    writes it into the buffers. A row's uniform is the same either way."""
-    tokens_NC, mask_NC, slogp_NC, plogp_NC, done_N = state
-    uniform_X1 = None
-    if rows_X is not None and not settings.greedy:
-      uniform_X1 = jax.random.uniform(jax.random.fold_in(key, i), (n, 1), jnp.float32)[rows_X]
-    tok_X, slogp_X, plogp_X = sample_step(logits_XV, jax.random.fold_in(key, i), settings,
-                                          uniform_X1)
-    at = (slice(None), i) if rows_X is None else (rows_X, i)
-    done_X = done_N if rows_X is None else done_N[rows_X]
-    live_X = ~done_X
-    tok_X = jnp.where(live_X, tok_X, pad)
-    tokens_NC = tokens_NC.at[at].set(tok_X)
-    mask_NC = mask_NC.at[at].set(live_X)
-    slogp_NC = slogp_NC.at[at].set(jnp.where(live_X, slogp_X, 0.0))
-    plogp_NC = plogp_NC.at[at].set(jnp.where(live_X, plogp_X, 0.0))
-    done_X = done_X | (live_X & jnp.any(tok_X[:, None] == stop_ids[None, :], axis=1))
-    done_N = done_X if rows_X is None else done_N.at[rows_X].set(done_X)
-    return tokens_NC, mask_NC, slogp_NC, plogp_NC, done_N
+  emit = functools.partial(_emit, key=key, settings=settings)
 
   def decode_loop(i, end, cache, state, kv_mask, rows_X=None, run_if=lambda state: True):
     """Decode steps i .. end - 1 (all rows, or rows_X with their own cache) while
@@ -178,11 +158,48 @@ def _sample(graphdef: Any, params: Any, prompt_tokens_BP: jax.Array, prompt_mask
            jnp.zeros((n,), bool))
   state = emit(0, rep(logits_BV), state)
 
-  # The tail (settings.tail_rows = K < N): once at most K rows are live, they are
-  # gathered (rows_K, their cache rows) and the rest of the loop decodes K rows.
-  k = settings.tail_rows if 0 < settings.tail_rows < n else 0
+  state = _run_segments(decode_loop, cache, state, ends, lengths, kv_mask_NS,
+                        settings.tail_rows if 0 < settings.tail_rows < n else 0, batch_axis)
+  tokens_NC, mask_NC, slogp_NC, plogp_NC, done_N = state
+  return Rollout(
+      prompt_tokens=rep(prompt_tokens_BP), prompt_mask=rep(prompt_mask_BP),
+      completion_tokens=tokens_NC, completion_mask=mask_NC,
+      sample_logprobs=slogp_NC, policy_logprobs=plogp_NC,
+      group_ids=jnp.arange(n, dtype=jnp.int32) // r, truncated=~done_N,
+      completion_lengths=jnp.sum(mask_NC, axis=1, dtype=jnp.int32))
+
+
+def _emit(i, logits_XV, state, rows_X=None, *, key, settings: SamplingSettings):
+  """Samples completion token i of all rows, or of rows `rows_X` (the tail), and
+  writes it into the state buffers. A row's uniform is the same either way."""
+  tokens_NC, mask_NC, slogp_NC, plogp_NC, done_N = state
+  key_i = jax.random.fold_in(key, i)
+  uniform_X1 = None
+  if rows_X is not None and not settings.greedy:
+    uniform_X1 = jax.random.uniform(key_i, (done_N.shape[0], 1), jnp.float32)[rows_X]
+  tok_X, slogp_X, plogp_X = sample_step(logits_XV, key_i, settings, uniform_X1)
+  at = (slice(None), i) if rows_X is None else (rows_X, i)
+  done_X = done_N if rows_X is None else done_N[rows_X]
+  live_X = ~done_X
+  tok_X = jnp.where(live_X, tok_X, jnp.int32(settings.pad_token_id))
+  tokens_NC = tokens_NC.at[at].set(tok_X)
+  mask_NC = mask_NC.at[at].set(live_X)
+  slogp_NC = slogp_NC.at[at].set(jnp.where(live_X, slogp_X, 0.0))
+  plogp_NC = plogp_NC.at[at].set(jnp.where(live_X, plogp_X, 0.0))
+  stop_ids = jnp.asarray(settings.stop_token_ids or (-1,), jnp.int32)
+  done_X = done_X | (live_X & jnp.any(tok_X[:, None] == stop_ids[None, :], axis=1))
+  done_N = done_X if rows_X is None else done_N.at[rows_X].set(done_X)
+  return tokens_NC, mask_NC, slogp_NC, plogp_NC, done_N
+
+
+def _run_segments(decode_loop, cache, state, ends, lengths, kv_mask_NS, k: int,
+                  batch_axis: int):
+  """The decode loop over its segments (the cache grown between them); returns the
+  final state. k > 0 (settings.tail_rows): once at most k rows are live, they are
+  gathered (rows_K, their cache rows, live rows first) and the remaining steps
+  decode only those."""
+  take = lambda cache, rows: jax.tree.map(lambda x: jnp.take(x, rows, axis=batch_axis), cache)
   if k:
-    take = lambda cache, rows: jax.tree.map(lambda x: jnp.take(x, rows, axis=batch_axis), cache)
     rows_K = jnp.arange(k, dtype=jnp.int32)
     cache_K = take(cache, rows_K)  # placeholder until the tail starts
     in_tail = jnp.bool_(False)
@@ -201,20 +218,14 @@ def _sample(graphdef: Any, params: Any, prompt_tokens_BP: jax.Array, prompt_mask
                                   run_if=lambda st: ~in_tail & many_live(st))
     start = ~in_tail & ~many_live(state) & ~jnp.all(state[-1])
 
-    def start_tail(state=state, cache=cache):  # live rows first, in row order
+    def start_tail(state=state, cache=cache):
       rows = jnp.argsort(state[-1], stable=True)[:k].astype(jnp.int32)
       return rows, take(cache, rows)
     rows_K, cache_K = jax.lax.cond(start, start_tail, lambda: (rows_K, cache_K))
     in_tail = in_tail | start
     i, cache_K, state = decode_loop(i, end, cache_K, state, kv_mask, rows_X=rows_K,
                                     run_if=lambda st, on=in_tail: on)
-  tokens_NC, mask_NC, slogp_NC, plogp_NC, done_N = state
-  return Rollout(
-      prompt_tokens=rep(prompt_tokens_BP), prompt_mask=rep(prompt_mask_BP),
-      completion_tokens=tokens_NC, completion_mask=mask_NC,
-      sample_logprobs=slogp_NC, policy_logprobs=plogp_NC,
-      group_ids=jnp.arange(n, dtype=jnp.int32) // r, truncated=~done_N,
-      completion_lengths=jnp.sum(mask_NC, axis=1, dtype=jnp.int32))
+  return state
 
 
 _sample_jit = jax.jit(_sample, static_argnames=("graphdef", "settings"))
