@@ -146,7 +146,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
   c.train.length_buckets = ()
   c.train.prompt_buckets = ()
   # Several (prompt + completion) sequences per row of the trimmed length, with
-  # segment ids; loss and gradients equal the unpacked ones.
+  # segment ids; loss and gradients equal the unpacked ones. The LM head runs on
+  # the completion slots only when they are fewer than the packed slots.
   c.train.packing = False
   # The G completions of a group share their prompt: the reference, old log-prob
   # and update passes run each prompt once and its keys/values serve the group

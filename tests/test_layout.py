@@ -163,6 +163,37 @@ def test_trimmed_and_packed_loss_and_grads_equal_padded(attention, token_adv, pa
     assert np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(b).max()), a.shape
 
 
+def test_packed_pass_with_long_prompts_scores_completion_slots_only():
+  """Fewer completion entries [N, C'] than packed slots (long prompts, short
+  completions): the packed pass runs the LM head on the completion slots alone
+  (token_logprobs' targets_at) and still equals the unpacked pass, values and gradients."""
+  graphdef, params = _model()
+  completion_N = np.array([1, 2, 1, 3, 2, 1])
+  ro = _rollout(completion_N=completion_N)
+  trim = layout.Trim(8, 4)
+  cols = lambda p, c: jnp.concatenate([p[:, P - 8:], c[:, :4]], axis=1)
+  tokens = cols(ro.prompt_tokens, ro.completion_tokens)
+  mask = cols(ro.prompt_mask, ro.completion_mask)
+  pk = {k: jnp.asarray(v) for k, v in layout.pack(PROMPT_N, completion_N, trim,
+                                                   layout.row_buckets(N)).items()}
+  assert pk["pack_src"].shape == (4, 12) and pk["unpack"].size < pk["pack_src"].size
+  w = jnp.asarray(np.random.default_rng(3).standard_normal((N, 4)), jnp.float32)
+
+  def loss(params, packing):
+    logp, ent = steps.completion_logprobs(graphdef, params, tokens, mask, 4, temperature=0.9,
+                                          chunk=3, packing=packing)
+    return jnp.sum(w * logp + 0.1 * ent), (logp, ent)
+  grad = jax.jit(jax.value_and_grad(loss, has_aux=True))
+  (l0, (lp0, e0)), g0 = grad(params, None)
+  (l1, (lp1, e1)), g1 = grad(params, pk)
+  assert np.count_nonzero(lp0) == completion_N.sum()
+  np.testing.assert_allclose(lp1, lp0, atol=1e-5)
+  np.testing.assert_allclose(e1, e0, atol=1e-5)
+  np.testing.assert_allclose(l1, l0, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_warm_buckets_do_not_recompile():
   """Steps whose lengths differ but fall in the same buckets reuse the compiled
   log-prob and update functions (jit cache sizes stay put)."""

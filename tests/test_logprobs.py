@@ -82,6 +82,40 @@ def test_gradients_match_unchunked(model):
   assert float(jnp.abs(ga["layers"]["q"][...]).max()) > 1e-4
 
 
+def test_targets_at_equals_gathered_entries(model):
+  """token_logprobs(targets_at=idx) = the full result's flat entries idx, values and
+  gradients, with segments (packed rows), padding, row starts and repeated indices;
+  its head runs on len(idx) positions only."""
+  _, graphdef, params = model
+  tokens, mask = _batch()
+  seg = np.zeros((B, T), np.int32)
+  seg[:, 7:] = 1  # two sequences per row: entry 7 (a segment's first token) is 0
+  pos = np.where(np.arange(T) < 7, positions_from_mask(mask), np.arange(T) - 7)
+  idx = np.array([[1, 2, 5, 7], [8, 0, 12, T + 11], [25, 25, T, 2 * T + 5]], np.int32)
+  kw = dict(positions_BT=jnp.asarray(pos), segment_ids_BT=jnp.asarray(seg), chunk_size=3)
+  full = lambda p: token_logprobs(graphdef, p, tokens, mask, **kw)
+  at = lambda p: token_logprobs(graphdef, p, tokens, mask, targets_at=jnp.asarray(idx), **kw)
+  (fa, fe), (aa, ae) = jax.jit(full)(params), jax.jit(at)(params)
+  assert aa.shape == ae.shape == idx.shape
+  np.testing.assert_allclose(aa, np.asarray(fa).reshape(-1)[idx], atol=1e-6)
+  np.testing.assert_allclose(ae, np.asarray(fe).reshape(-1)[idx], atol=1e-6)
+  assert np.all(np.asarray(aa)[idx % T == 0] == 0) and np.all(np.asarray(aa)[idx % T == 7] == 0)
+  assert np.count_nonzero(np.asarray(aa)) == 8  # row 1 is real from t = 10, row 2 not at all
+  w = jnp.asarray(np.random.default_rng(0).standard_normal(idx.shape), jnp.float32)
+  loss_full = lambda p: jnp.sum(w * full(p)[0].reshape(-1)[idx] + 0.1 * full(p)[1].reshape(-1)[idx])
+  loss_at = lambda p: jnp.sum(w * at(p)[0] + 0.1 * at(p)[1])
+  ga, gb = jax.jit(jax.grad(loss_at))(params), jax.jit(jax.grad(loss_full))(params)
+  for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+    np.testing.assert_allclose(a, b, atol=2e-6, rtol=1e-5)
+  assert float(jnp.abs(ga["lm_head"][...]).max()) > 1e-3
+  # one chunk: the head's logits have idx.size rows with targets_at, B * (T - 1) without
+  V, kw["chunk_size"] = params["lm_head"][...].shape[-1], 64
+  jaxpr = lambda **a: jax.make_jaxpr(
+      lambda p: token_logprobs(graphdef, p, tokens, mask, **kw, **a))(params).jaxpr
+  assert not _has_full_logits(jaxpr(targets_at=jnp.asarray(idx)), V, max_rows=idx.size)
+  assert _has_full_logits(jaxpr(), V, max_rows=idx.size)
+
+
 def _has_full_logits(jaxpr, V: int, max_rows: int) -> bool:
   """Whether any equation in jaxpr (recursively) makes logits-like arrays [..., V]
   with more than max_rows rows in total (e.g. [B, T, V] or stacked [n, B, C, V])."""

@@ -58,8 +58,8 @@ def token_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Arr
                    mask_BT: jax.Array, chunk_size: int = 128,
                    temperature: float | jax.Array = 1.0, positions_BT: jax.Array | None = None,
                    remat: bool | None = None, checkpoint_chunks: bool = True,
-                   segment_ids_BT: jax.Array | None = None, adapters: Any = None
-                   ) -> tuple[jax.Array, jax.Array]:
+                   segment_ids_BT: jax.Array | None = None, adapters: Any = None,
+                   targets_at: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """(logp_BT, entropy_BT): log p(tokens[:, t] | tokens[:, :t]) under softmax(logits / T).
 
   Entry t is 0 unless mask_BT[:, t] and mask_BT[:, t - 1] (so position 0 and the
@@ -71,6 +71,9 @@ def token_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Arr
   t share a segment (the first token of each sequence). chunk_size positions of
   logits exist at a time; T is padded up to a multiple of it. adapters: the
   decoder's `Adapters` (LoRA, an int8 / int4 base), applied in its projections.
+  targets_at (int [...], flat indices into [B * T]): returns only those entries,
+  shaped like targets_at, with the LM head run on their predecessors alone (a
+  packed pass scores its completion tokens, not the prompts around them).
   """
   B, T = tokens_BT.shape
   mask_BT = mask_BT.astype(bool)
@@ -82,13 +85,23 @@ def token_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Arr
                      f"({model.cfg.architectures[0]}).")
   hidden_BTD, _ = model(tokens_BT, positions_BT, mask_BT, return_hidden=True, remat=remat,
                         segment_ids_BT=segment_ids_BT, adapters=adapters)
-  # hidden[t] predicts tokens[t + 1].
-  logp, ent = head_logprobs(model.head, hidden_BTD[:, :-1], tokens_BT[:, 1:], chunk_size,
-                            temperature, checkpoint_chunks)
   follows_BT = mask_BT[:, 1:] & mask_BT[:, :-1]
   if segment_ids_BT is not None:
     follows_BT = follows_BT & (segment_ids_BT[:, 1:] == segment_ids_BT[:, :-1])
   valid_BT = jnp.concatenate([jnp.zeros((B, 1), bool), follows_BT], axis=1)
+  if targets_at is not None:  # entry t is predicted by t - 1 (valid: not a row's first)
+    at = jnp.asarray(targets_at, jnp.int32)
+    valid = valid_BT.reshape(-1)[at]
+    pred = hidden_BTD.reshape(B * T, -1)[jnp.maximum(at - 1, 0)]
+    at_XY = at.reshape(1, -1) if at.ndim == 1 else at.reshape(-1, at.shape[-1])
+    logp, ent = head_logprobs(model.head, pred.reshape(at_XY.shape + pred.shape[-1:]),
+                              jnp.asarray(tokens_BT).reshape(-1)[at_XY], chunk_size, temperature,
+                              checkpoint_chunks)
+    logp, ent = logp.reshape(at.shape), ent.reshape(at.shape)
+    return jnp.where(valid, logp, 0.0), jnp.where(valid, ent, 0.0)
+  # hidden[t] predicts tokens[t + 1].
+  logp, ent = head_logprobs(model.head, hidden_BTD[:, :-1], tokens_BT[:, 1:], chunk_size,
+                            temperature, checkpoint_chunks)
   zeros = jnp.zeros((B, 1), jnp.float32)
   logp_BT = jnp.where(valid_BT, jnp.concatenate([zeros, logp], axis=1), 0.0)
   ent_BT = jnp.where(valid_BT, jnp.concatenate([zeros, ent], axis=1), 0.0)
