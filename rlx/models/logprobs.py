@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rlx.models.decoder import positions_from_mask
+from rlx.models.sharding import constrain_batch
 
 
 def logprobs_from_logits(logits_BTV: jax.Array, targets_BT: jax.Array,
@@ -92,7 +93,9 @@ def token_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Arr
   if targets_at is not None:  # entry t is predicted by t - 1 (valid: not a row's first)
     at = jnp.asarray(targets_at, jnp.int32)
     valid = valid_BT.reshape(-1)[at]
-    pred = hidden_BTD.reshape(B * T, -1)[jnp.maximum(at - 1, 0)]
+    # split over the batch axes like the rows it came from (else each device would
+    # run the head on every gathered position)
+    pred = constrain_batch(model.cfg.mesh, hidden_BTD.reshape(B * T, -1)[jnp.maximum(at - 1, 0)])
     at_XY = at.reshape(1, -1) if at.ndim == 1 else at.reshape(-1, at.shape[-1])
     logp, ent = head_logprobs(model.head, pred.reshape(at_XY.shape + pred.shape[-1:]),
                               jnp.asarray(tokens_BT).reshape(-1)[at_XY], chunk_size, temperature,
