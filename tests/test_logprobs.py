@@ -101,6 +101,9 @@ def test_targets_at_equals_gathered_entries(model):
   np.testing.assert_allclose(ae, np.asarray(fe).reshape(-1)[idx], atol=1e-6)
   assert np.all(np.asarray(aa)[idx % T == 0] == 0) and np.all(np.asarray(aa)[idx % T == 7] == 0)
   assert np.count_nonzero(np.asarray(aa)) == 8  # row 1 is real from t = 10, row 2 not at all
+  flat = token_logprobs(graphdef, params, tokens, mask, targets_at=jnp.asarray(idx[1:].ravel()),
+                        **kw)[0]  # 1-D, 8 targets over B = 3 rows (K = 3, one padded)
+  np.testing.assert_allclose(flat, np.asarray(aa)[1:].ravel(), atol=1e-6)
   w = jnp.asarray(np.random.default_rng(0).standard_normal(idx.shape), jnp.float32)
   loss_full = lambda p: jnp.sum(w * full(p)[0].reshape(-1)[idx] + 0.1 * full(p)[1].reshape(-1)[idx])
   loss_at = lambda p: jnp.sum(w * at(p)[0] + 0.1 * at(p)[1])

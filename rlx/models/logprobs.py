@@ -92,16 +92,19 @@ def token_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Arr
   valid_BT = jnp.concatenate([jnp.zeros((B, 1), bool), follows_BT], axis=1)
   if targets_at is not None:  # entry t is predicted by t - 1 (valid: not a row's first)
     at = jnp.asarray(targets_at, jnp.int32)
+    # The M targets laid out as B rows of K = ceil(M / B) (index 0, never valid, pads):
+    # a chunk then holds B * chunk_size positions' logits as without targets_at, and
+    # the rows split over the batch axes like the rows they came from.
+    M = at.size
+    K = -(-M // B)
+    at_BK = jnp.pad(at.reshape(-1), (0, B * K - M)).reshape(B, K)
+    pred_BKD = constrain_batch(model.cfg.mesh,
+                               hidden_BTD.reshape(B * T, -1)[jnp.maximum(at_BK - 1, 0)])
+    logp, ent = head_logprobs(model.head, pred_BKD, jnp.asarray(tokens_BT).reshape(-1)[at_BK],
+                              chunk_size, temperature, checkpoint_chunks)
     valid = valid_BT.reshape(-1)[at]
-    # split over the batch axes like the rows it came from (else each device would
-    # run the head on every gathered position)
-    pred = constrain_batch(model.cfg.mesh, hidden_BTD.reshape(B * T, -1)[jnp.maximum(at - 1, 0)])
-    at_XY = at.reshape(1, -1) if at.ndim == 1 else at.reshape(-1, at.shape[-1])
-    logp, ent = head_logprobs(model.head, pred.reshape(at_XY.shape + pred.shape[-1:]),
-                              jnp.asarray(tokens_BT).reshape(-1)[at_XY], chunk_size, temperature,
-                              checkpoint_chunks)
-    logp, ent = logp.reshape(at.shape), ent.reshape(at.shape)
-    return jnp.where(valid, logp, 0.0), jnp.where(valid, ent, 0.0)
+    back = lambda x_BK: x_BK.reshape(-1)[:M].reshape(at.shape)
+    return jnp.where(valid, back(logp), 0.0), jnp.where(valid, back(ent), 0.0)
   # hidden[t] predicts tokens[t + 1].
   logp, ent = head_logprobs(model.head, hidden_BTD[:, :-1], tokens_BT[:, 1:], chunk_size,
                             temperature, checkpoint_chunks)
