@@ -149,9 +149,16 @@ def _packed_diffs(place):
   _, gm = models.with_attention(cfg, mesh=place.model_mesh())
   l1, d1 = grad(g1)(params, tokens, mask, pk, w)
   glob = {k: place.to_global(v, v.shape[0]) for k, v in pk.items()}
-  lm, dm = grad(gm)(place.put_params(params), *place.to_global((tokens, mask), n), glob,
-                    place.to_global(w, n))
-  return {"packed_loss_diff": float(abs(l1 - lm)), "packed_grad_max_diff": max(
+  margs = (place.put_params(params), *place.to_global((tokens, mask), n), glob,
+           place.to_global(w, n))
+  lm, dm = grad(gm)(*margs)
+  # the gathered positions [B', K, D] are constrained to the batch split
+  B = pk["pack_src"].shape[0]
+  gathered = f"tensor<{B}x{-(-pk['unpack'].size // B)}x32xf32>"
+  text = grad(gm).lower(*margs).as_text()
+  return {"packed_gather_constrained": any(
+              "sharding_constraint" in line and gathered in line for line in text.splitlines()),
+          "packed_loss_diff": float(abs(l1 - lm)), "packed_grad_max_diff": max(
       float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
       for a, b in zip(jax.tree.leaves(d1), jax.tree.leaves(dm)))}
 
@@ -214,6 +221,7 @@ def test_splash_under_shard_map_equals_dense(mesh_results):
 def test_packed_pass_with_long_prompts_on_the_mesh_equals_one_device(mesh_results):
   assert mesh_results["packed_loss_diff"] < 1e-5
   assert mesh_results["packed_grad_max_diff"] < 1e-5
+  assert mesh_results["packed_gather_constrained"]
 
 
 def test_residual_constraint_cuts_reference_pass_temporaries(mesh_results):
