@@ -73,8 +73,9 @@ def token_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Arr
   logits exist at a time; T is padded up to a multiple of it. adapters: the
   decoder's `Adapters` (LoRA, an int8 / int4 base), applied in its projections.
   targets_at (int [...], flat indices into [B * T]): returns only those entries,
-  shaped like targets_at, with the LM head run on their predecessors alone (a
-  packed pass scores its completion tokens, not the prompts around them).
+  shaped like targets_at; when they are fewer than B * T, the LM head runs on their
+  predecessors alone (a packed pass scores its completion tokens, not the prompts
+  around them), else on every position and the entries are gathered.
   """
   B, T = tokens_BT.shape
   mask_BT = mask_BT.astype(bool)
@@ -90,12 +91,12 @@ def token_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Arr
   if segment_ids_BT is not None:
     follows_BT = follows_BT & (segment_ids_BT[:, 1:] == segment_ids_BT[:, :-1])
   valid_BT = jnp.concatenate([jnp.zeros((B, 1), bool), follows_BT], axis=1)
-  if targets_at is not None:  # entry t is predicted by t - 1 (valid: not a row's first)
-    at = jnp.asarray(targets_at, jnp.int32)
+  at = None if targets_at is None else jnp.asarray(targets_at, jnp.int32)
+  if at is not None and at.size < B * T:  # entry t is predicted by t - 1
+    M = at.size
     # The M targets laid out as B rows of K = ceil(M / B) (index 0, never valid, pads):
     # a chunk then holds B * chunk_size positions' logits as without targets_at, and
     # the rows split over the batch axes like the rows they came from.
-    M = at.size
     K = -(-M // B)
     at_BK = jnp.pad(at.reshape(-1), (0, B * K - M)).reshape(B, K)
     pred_BKD = constrain_batch(model.cfg.mesh,
@@ -111,6 +112,8 @@ def token_logprobs(graphdef: nnx.GraphDef, params: nnx.State, tokens_BT: jax.Arr
   zeros = jnp.zeros((B, 1), jnp.float32)
   logp_BT = jnp.where(valid_BT, jnp.concatenate([zeros, logp], axis=1), 0.0)
   ent_BT = jnp.where(valid_BT, jnp.concatenate([zeros, ent], axis=1), 0.0)
+  if at is not None:
+    return logp_BT.reshape(-1)[at], ent_BT.reshape(-1)[at]
   return logp_BT, ent_BT
 
 

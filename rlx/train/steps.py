@@ -65,18 +65,14 @@ def completion_logprobs(graphdef, params, tokens, attn_mask, completion_len: int
   if packing is None:
     return lp.completion_logprobs(graphdef, params, tokens, attn_mask, completion_len,
                                   group_size=group_size, **kw)
-  src_BT, unpack_nC = packing["pack_src"], packing["unpack"]
+  src_BT = packing["pack_src"]
   live_BT = src_BT >= 0
   take = lambda x_nT: jnp.where(live_BT, x_nT.reshape(-1)[jnp.maximum(src_BT, 0)], 0)
-  # The LM head runs on the completion slots alone when they are fewer than the
-  # packed slots (long prompts), else on every slot and the completions are gathered.
-  at = unpack_nC if unpack_nC.size < src_BT.size else None
-  logp, ent = lp.token_logprobs(graphdef, params, take(tokens), live_BT,
-                                positions_BT=take(positions_from_mask(attn_mask)),
-                                segment_ids_BT=packing["pack_seg"], targets_at=at, **kw)
-  if at is not None:
-    return logp, ent
-  return logp.reshape(-1)[unpack_nC], ent.reshape(-1)[unpack_nC]
+  # the completion entries [n, C]; with long prompts the LM head runs on those alone
+  return lp.token_logprobs(graphdef, params, take(tokens), live_BT,
+                           positions_BT=take(positions_from_mask(attn_mask)),
+                           segment_ids_BT=packing["pack_seg"], targets_at=packing["unpack"],
+                           **kw)
 
 
 def make_logprobs_fn(graphdef, prompt_len: int, temperature: float, chunk: int,
